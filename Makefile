@@ -1,0 +1,39 @@
+# make test : set up .venv (package + test extras + the upstream oracle), ruff, pytest
+# make run  : speak text through a Dora dataflow into a WAV file (see README)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+ORACLE_DEPS := einops tqdm packaging torchmetrics wordsegment tokenizers cn2an g2p_en nltk inflect \
+               jieba_fast pypinyin
+
+.PHONY: test lint run setup clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@bash .ci/system-deps.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned to the CPU build, so nothing pulls a CUDA build (oracle only, never at run time)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps gpt-sovits-cpufast==0.1.0
+	$(PIP) install -q $(ORACLE_DEPS)
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+run: $(STAMP)
+	@echo "The Dora node and the 'say' dataflow are not implemented yet; converters exist:"
+	@$(VENV)/bin/primespeech-mlx --help
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache out

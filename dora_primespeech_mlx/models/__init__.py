@@ -1,0 +1,1 @@
+"""MLX models, language-blind: ids and features in, codes or audio out."""
