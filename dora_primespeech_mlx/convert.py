@@ -32,8 +32,12 @@ _CHUNK = 1 << 20
 def source_fingerprint(source: str | os.PathLike) -> dict[str, Any]:
     """Size, mtime and a hash of the head and tail of a file (or of every file in a folder)."""
     source = Path(source)
-    files = sorted(p for p in source.rglob("*") if p.is_file() and "mlx" not in p.parts) if source.is_dir() \
-        else [source]
+    if source.is_dir():
+        # A folder's own conversion (mlx/) and hidden temporaries are not part of its source.
+        files = sorted(p for p in source.rglob("*") if p.is_file() and not any(
+            part == "mlx" or part.startswith(".") for part in p.relative_to(source).parts))
+    else:
+        files = [source]
     digest = hashlib.sha256()
     total = 0
     for path in files:
@@ -85,13 +89,15 @@ def save_converted(out_dir: str | os.PathLike, weights: dict[str, np.ndarray], c
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # Fingerprint first: for a folder source the temporary folder below lies inside the source.
+    fingerprint = source_fingerprint(source) if source is not None else None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
         arrays = {k: np.ascontiguousarray(v) for k, v in weights.items()}
         save_file(arrays, str(tmp / WEIGHTS_FILE), metadata={"format": "mlx"})
         meta = {"kind": kind, "format_version": FORMAT_VERSION}
         if source is not None:
-            meta.update(source_path=str(source), source=source_fingerprint(source))
+            meta.update(source_path=str(source), source=fingerprint)
         (tmp / CONFIG_FILE).write_text(json.dumps({**config, "conversion": meta}, indent=2, ensure_ascii=False))
         if out_dir.exists():
             shutil.rmtree(out_dir)
