@@ -1,0 +1,148 @@
+"""Upstream's sentence-cutting methods cut0..cut5 (GPT-SoVITS `text_segmentation_method.py`).
+
+Each method returns the text with "\\n" between pieces, exactly as upstream does (quirks included:
+cut0 answers the literal "/n" for punctuation-only text; cut1 puts the last group of sentences into
+the group before it). `cut(text, method)` gives the pieces as a list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from ..errors import PrimeSpeechError
+
+# Marks that end a clause for cut1/cut2, split_big_text and the segment rules.
+SPLITS = frozenset("，。？！,.?!~:：—…")
+# What counts as "nothing to say" in cut0..cut4 (a space included).
+_SILENT = frozenset("!?…,.- ")
+# cut5 cuts after each of these (a "." between two digits is a decimal point and stays).
+_CUT5_MARKS = frozenset(",.;?!、，。？！;：…")
+_SPLITS_RE = re.compile("([" + re.escape("".join(sorted(SPLITS))) + "])")
+_PERIOD_RE = re.compile(r"(?<!\d)\.(?!\d)")
+MAX_SEGMENT = 510
+
+
+def split_big_text(text: str, max_len: int = MAX_SEGMENT) -> list[str]:
+    """Pack clauses (split after SPLITS marks) into pieces of at most `max_len` characters."""
+    pieces: list[str] = []
+    current = ""
+    for part in _SPLITS_RE.split(text):
+        if len(current + part) > max_len:
+            pieces.append(current)
+            current = part
+        else:
+            current += part
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+def _sentences(text: str) -> list[str]:
+    """Split after every SPLITS mark (a final 。 is added when the text lacks one)."""
+    text = text.replace("……", "。").replace("——", "，")
+    if text[-1] not in SPLITS:
+        text += "。"
+    out, start = [], 0
+    for i, ch in enumerate(text):
+        if ch in SPLITS:
+            out.append(text[start:i + 1])
+            start = i + 1
+    return out
+
+
+def _speakable(pieces: list[str], silent: frozenset[str] = _SILENT) -> list[str]:
+    return [p for p in pieces if not set(p) <= silent]
+
+
+def cut0(text: str) -> str:
+    """No cutting."""
+    return text if not set(text) <= _SILENT else "/n"
+
+
+def cut1(text: str) -> str:
+    """Groups of four sentences (the last, shorter group joins the one before)."""
+    text = text.strip("\n")
+    sentences = _sentences(text)
+    starts: list[int | None] = list(range(0, len(sentences), 4))
+    starts[-1] = None
+    if len(starts) > 1:
+        groups = ["".join(sentences[a:b]) for a, b in zip(starts[:-1], starts[1:], strict=True)]
+    else:
+        groups = [text]
+    return "\n".join(_speakable(groups))
+
+
+def cut2(text: str) -> str:
+    """Pieces of just over 50 characters, whole sentences each; a short tail joins the last piece."""
+    text = text.strip("\n")
+    sentences = _sentences(text)
+    if len(sentences) < 2:
+        return text
+    pieces, current, length = [], "", 0
+    for sentence in sentences:
+        length += len(sentence)
+        current += sentence
+        if length > 50:
+            pieces.append(current)
+            current, length = "", 0
+    if current:
+        pieces.append(current)
+    if len(pieces) > 1 and len(pieces[-1]) < 50:
+        tail = pieces.pop()
+        pieces[-1] += tail
+    return "\n".join(_speakable(pieces))
+
+
+def cut3(text: str) -> str:
+    """Cut at each Chinese full stop 。 (which is dropped)."""
+    text = text.strip("\n")
+    return "\n".join(_speakable(text.strip("。").split("。")))
+
+
+def cut4(text: str) -> str:
+    """Cut at each English full stop "." that is not a decimal point (the stop is dropped)."""
+    text = text.strip("\n")
+    return "\n".join(_speakable(_PERIOD_RE.split(text.strip("."))))
+
+
+def cut5(text: str) -> str:
+    """Cut after every punctuation mark, keeping it (decimal points excepted)."""
+    text = text.strip("\n")
+    pieces, current = [], []
+    for i, ch in enumerate(text):
+        current.append(ch)
+        if ch not in _CUT5_MARKS:
+            continue
+        decimal = ch == "." and 0 < i < len(text) - 1 and text[i - 1].isdigit() and text[i + 1].isdigit()
+        if not decimal:
+            pieces.append("".join(current))
+            current = []
+    if current:
+        pieces.append("".join(current))
+    return "\n".join(_speakable(pieces, _CUT5_MARKS))
+
+
+METHODS: dict[str, Callable[[str], str]] = {
+    "cut0": cut0, "cut1": cut1, "cut2": cut2, "cut3": cut3, "cut4": cut4, "cut5": cut5,
+}
+
+
+def get_method(name: str) -> Callable[[str], str]:
+    """The cut method called `name` (cut0..cut5)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise PrimeSpeechError(
+            f"unknown text split method {name!r}; use one of {', '.join(METHODS)}"
+        ) from None
+
+
+def cut_text(text: str, method: str) -> str:
+    """Apply a cut method: pieces joined by newlines, byte-for-byte as upstream returns them."""
+    return get_method(method)(text)
+
+
+def cut(text: str, method: str) -> list[str]:
+    """Apply a cut method and return its pieces (the newline-separated parts of `cut_text`)."""
+    return cut_text(text, method).split("\n")

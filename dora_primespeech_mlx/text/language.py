@@ -1,0 +1,239 @@
+"""Language modes and splitting mixed Chinese/English text, as upstream's TextPreprocessor does.
+
+Upstream splits with `LangSegmenter` (split-lang + a fastText language-id model that it downloads,
+126 MB). Here the same section and merge rules run on Unicode script classes instead of a model:
+Han runs are Chinese, runs with Latin letters (or only symbols) are English, digits and punctuation
+attach to their neighbours by upstream's rules, other scripts are "unknown" and take a neighbour's
+language.
+Japanese kana, Hangul and the Japanese/Korean/Cantonese modes are not supported yet and raise.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from ..errors import PrimeSpeechError
+
+SUPPORTED_MODES = ("auto", "zh", "all_zh", "en", "auto_yue")  # auto_yue: only while no Chinese appears
+UNSUPPORTED_MODES = ("ja", "ko", "yue", "all_ja", "all_ko", "all_yue")
+
+# split-lang's punctuation set: each such character starts a section of its own.
+_PUNCTUATION = frozenset(
+    "〜~,.;:!?，。！？；：、·([{<（【《〈「『“‘)]}>）】》〉」』”’\"-_——#$%&……￥'*+<=>?@[\\]^_`{|}~"
+)
+_HAN_OR_KANA_RE = re.compile(r"[\u4e00-\u9fff\u3040-\u30ff々]")
+_KANA_RE = re.compile(r"[\u3040-\u30ff]")
+_HANGUL_RE = re.compile(r"[\uac00-\ud7af]")
+# upstream's "this is English" test: a Latin letter, and only ASCII / general / CJK / full-width marks
+_FULL_EN_RE = re.compile(
+    r"^(?=.*[A-Za-z])[A-Za-z0-9\s\u0020-\u007E\u2000-\u206F\u3000-\u303F\uFF00-\uFFEF]+$"
+)
+# characters an unknown-language run keeps when upstream salvages it as Chinese
+_CJK_KEEP_RE = re.compile(r"[0-9、-〜。！？.!?… /]")
+_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DB5), (0x20000, 0x2A6DD), (0x2A700, 0x2B73F),
+               (0x2B740, 0x2B81F), (0x2B820, 0x2CEAF), (0x2CEB0, 0x2EBEF), (0x30000, 0x3134A),
+               (0x31350, 0x323AF), (0x2EBF0, 0x2EE5D))
+_STOPS = (",", ".", "!", "?", "，", "。", "！", "？")
+
+
+def not_supported(what: str) -> PrimeSpeechError:
+    return PrimeSpeechError(
+        f"{what} is not supported yet by dora-primespeech-mlx (Chinese and English only); "
+        "use text_lang 'zh', 'en', 'all_zh' or 'auto' with Chinese/English text"
+    )
+
+
+def check_mode(mode: str) -> str:
+    """Validate a language mode (upstream's text_lang values)."""
+    if mode in UNSUPPORTED_MODES:
+        raise not_supported(f"language mode {mode!r}")
+    if mode not in SUPPORTED_MODES:
+        raise PrimeSpeechError(
+            f"unknown language mode {mode!r}; use one of {', '.join(SUPPORTED_MODES)}"
+        )
+    return mode
+
+
+def _is_latin_letter(ch: str) -> bool:
+    return ch.isalpha() and "LATIN" in unicodedata.name(ch, "")
+
+
+def _sections(text: str) -> list[list[str]]:
+    """Cut into [kind, text] sections the way split-lang's pre-split does: Han/kana, Hangul, digits,
+    one section per punctuation mark, and everything else; spaces join the current section and an
+    apostrophe right after a non-space stays inside its word."""
+    sections: list[list[str]] = []
+    kind, buf = "other", []
+    for i, ch in enumerate(text):
+        if _HAN_OR_KANA_RE.match(ch):
+            new = "cjk"
+        elif _HANGUL_RE.match(ch):
+            new = "ko"
+        elif ch.isdigit():
+            new = "digit"
+        elif ch in _PUNCTUATION:
+            new = "keep" if ch == "'" and i > 0 and not text[i - 1].isspace() else "punct"
+        elif ch.isspace():
+            new = "keep"
+        else:
+            new = "other"
+        if new != "keep" and (new != kind or new == "punct"):
+            if buf:
+                sections.append([kind, "".join(buf)])
+            kind, buf = new, []
+        buf.append(ch)
+    if buf:
+        sections.append([kind, "".join(buf)])
+    return sections
+
+
+def _section_lang(kind: str, text: str) -> str:
+    if kind == "cjk":
+        return "ja" if _KANA_RE.search(text) else "zh"
+    if kind == "other":
+        # Stands in for the language-id model: Latin-script words are English, and so are runs of
+        # symbols (the model's usual answer for them); other scripts are unknown ("x").
+        letters = [c for c in text if c.isalpha()]
+        return "en" if not letters or any(_is_latin_letter(c) for c in letters) else "x"
+    return {"ko": "ko", "digit": "digit", "punct": "punctuation"}[kind]
+
+
+def _merge_punctuation(sections: list[list[str]]) -> list[tuple[str, str]]:
+    """Attach each punctuation section to the section before it (or, at the start, after it)
+    and join neighbours of one kind; returns (language, text) runs."""
+    merged: list[list] = []  # [kind, [[lang, text], ...]]
+    for kind, text in sections:
+        lang = _section_lang(kind, text)
+        if merged and merged[-1][0] == "punct":
+            prev = merged[-1]
+            prev[0] = kind
+            prev[1][-1] = [lang, prev[1][-1][1] + text]
+        elif merged and kind == "punct":
+            merged[-1][1][-1][1] += text
+        elif merged and merged[-1][0] == kind:
+            merged[-1][1].append([lang, text])
+        else:
+            merged.append([kind, [[lang, text]]])
+    runs: list[tuple[str, str]] = []
+    for _, subs in merged:
+        joined: list[list[str]] = []
+        last = ""
+        for lang, text in subs:
+            if joined and (lang == "punctuation" or lang == last or last == ""):
+                if lang != "punctuation" and joined[-1][0] == "punctuation":
+                    joined[-1][0] = lang
+                joined[-1][1] += text
+            else:
+                joined.append([lang, text])
+            last = lang
+        runs.extend((lang, text) for lang, text in joined)
+    return runs
+
+
+def _merge_same(items: list[list[str]], item: list[str]) -> None:
+    if items and items[-1][0] == item[0]:
+        items[-1][1] += item[1]
+    else:
+        items.append(item)
+
+
+def _keep_cjk(text: str) -> str:
+    return "".join(
+        c for c in text
+        if any(a <= ord(c) <= b for a, b in _CJK_RANGES) or _CJK_KEEP_RE.match(c)
+    )
+
+
+def lang_segments(text: str, default_lang: str = "") -> list[tuple[str, str]]:
+    """Upstream's `LangSegmenter.getTexts(text, default_lang)` with script classes in place of the
+    language-id model. Languages: "zh", "en", and "ja"/"ko"/"punctuation" where upstream has them."""
+    runs = _merge_punctuation(_sections(text.strip()))
+    items: list[list[str]] = []
+    has_digits = False
+    for lang, chunk in runs:
+        if lang == "digit":
+            if default_lang:
+                lang = default_lang
+            else:
+                has_digits = True
+        elif _FULL_EN_RE.match(chunk):
+            lang = "en"
+        elif default_lang:
+            lang = default_lang
+        elif lang == "x":
+            kept = _keep_cjk(chunk)
+            if kept:
+                lang, chunk = "zh", kept
+        _merge_same(items, [lang, chunk])
+
+    if has_digits:  # digits take the language of a neighbour
+        pending, items = items, []
+        for i, item in enumerate(pending):
+            if item[0] == "digit":
+                nxt = pending[i + 1] if i + 1 < len(pending) else None
+                if default_lang:
+                    item[0] = default_lang
+                elif items and nxt is None:
+                    item[0] = items[-1][0]
+                elif not items and nxt is not None:
+                    item[0] = pending[1][0]
+                elif items and nxt is not None:
+                    prev = items[-1]
+                    if prev[0] == nxt[0]:
+                        item[0] = prev[0]
+                    elif prev[1][-1] in _STOPS:
+                        item[0] = nxt[0]
+                    elif nxt[1][0] in _STOPS:
+                        item[0] = prev[0]
+                    elif item[1][-1] in ("。", "."):
+                        item[0] = prev[0]
+                    elif len(prev[1]) >= len(nxt[1]):
+                        item[0] = prev[0]
+                    else:
+                        item[0] = nxt[0]
+                else:
+                    item[0] = "zh"
+            _merge_same(items, item)
+
+    pending, items = items, []
+    for item in pending:  # unknown runs take the language before them (or after, at the start)
+        if item[0] == "x":
+            item[0] = items[-1][0] if items else pending[1][0] if len(pending) > 1 else "zh"
+        _merge_same(items, item)
+    return [(lang, chunk) for lang, chunk in items]
+
+
+def split_by_language(text: str, mode: str) -> list[tuple[str, str]]:
+    """(language, text) pieces of one segment, as upstream's get_phones_and_bert splits it.
+
+    `mode` is upstream's text_lang: "en" (one English piece), "all_zh" (everything but English
+    runs is Chinese), "zh" (English runs vs the rest, labelled Chinese), "auto" (per-run language),
+    "auto_yue" (as auto, with Chinese runs read as Cantonese: not supported yet, so it raises when
+    one appears).
+    Languages returned: "zh" or "en". The pipeline computes BERT features for "zh" pieces only.
+    """
+    check_mode(mode)
+    text = re.sub(r" {2,}", " ", text)
+    if mode == "en":
+        return [("en", text)]
+    if mode == "all_zh":
+        return _finish(lang_segments(text, "zh"))
+    if mode == "zh":
+        out: list[list[str]] = []
+        for lang, chunk in lang_segments(text):
+            lang = "en" if lang == "en" else "zh"
+            _merge_same(out, [lang, chunk])
+        return [(lang, chunk) for lang, chunk in out]
+    pieces = lang_segments(text)
+    names = {"ja": "Japanese", "ko": "Korean", "zh": "Cantonese"}
+    for lang, chunk in pieces:
+        if lang in ("ja", "ko") or (mode == "auto_yue" and lang == "zh"):  # auto_yue reads Han as Cantonese
+            raise not_supported(f"{names[lang]} text ({chunk!r})")
+    return _finish(pieces)
+
+
+def _finish(pieces: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    # A segment of marks only keeps upstream's label "punctuation", which its cleaner reads as
+    # English with the text replaced by a space.
+    return [("en", " ") if lang == "punctuation" else (lang, chunk) for lang, chunk in pieces]

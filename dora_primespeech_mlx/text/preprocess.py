@@ -1,0 +1,123 @@
+"""From a request's text to speakable segments and their phones (upstream TextPreprocessor rules).
+
+`prepare_segments` is upstream's preprocess text path: collapse repeated punctuation, put a stop in
+front when the first clause is shorter than 4 characters, cut, drop empty and symbol-only pieces,
+merge pieces shorter than 5 characters, end each with a stop, re-split pieces over 510 characters.
+`segment_phones` turns one segment into per-language phone pieces, retrying once with "." in front
+when the whole segment has fewer than 6 phones (upstream's rule for very short text).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from .cut import MAX_SEGMENT, SPLITS, cut_text, split_big_text
+from .language import split_by_language
+
+_REPEATS_RE = re.compile(r"([!?…,.\-])([!?…,.\-])+")
+_FIRST_CLAUSE_RE = re.compile("[" + re.escape("".join(sorted(SPLITS))) + "]")
+_NON_WORD_RE = re.compile(r"\W+")
+MIN_SEGMENT_CHARS = 5
+MIN_PHONES = 6
+
+
+def collapse_punctuation(text: str) -> str:
+    """Keep only the first of a run of `!?…,.-` marks."""
+    return _REPEATS_RE.sub(r"\1", text)
+
+
+def first_clause(text: str) -> str:
+    """The text before the first clause mark, stripped."""
+    return _FIRST_CLAUSE_RE.split(text)[0].strip()
+
+
+def merge_short(pieces: list[str], threshold: int = MIN_SEGMENT_CHARS) -> list[str]:
+    """Join consecutive pieces until each reaches `threshold` characters; a short tail joins the last."""
+    if len(pieces) < 2:
+        return pieces
+    out, current = [], ""
+    for piece in pieces:
+        current += piece
+        if len(current) >= threshold:
+            out.append(current)
+            current = ""
+    if current:
+        if out:
+            out[-1] += current
+        else:
+            out.append(current)
+    return out
+
+
+def _stop(lang: str) -> str:
+    return "." if lang == "en" else "。"
+
+
+def pre_segment(text: str, lang: str, method: str) -> list[str]:
+    """Upstream's pre_seg_text: cut `text` with `method` into speakable segments.
+
+    Returns [] where upstream raises "please enter valid text" (nothing but blanks after cutting).
+    """
+    text = text.strip("\n")
+    if not text:
+        return []
+    if text[0] not in SPLITS and len(first_clause(text)) < 4:
+        text = _stop(lang) + text
+    cut = cut_text(text, method)
+    while "\n\n" in cut:
+        cut = cut.replace("\n\n", "\n")
+    pieces = cut.split("\n")
+    if all(p in (" ", "\n", "") for p in pieces):
+        return []
+    pieces = merge_short([p for p in pieces if p not in (" ", "")])
+    segments = []
+    for piece in pieces:
+        if not piece.strip() or not _NON_WORD_RE.sub("", piece):
+            continue
+        if piece[-1] not in SPLITS:
+            piece += _stop(lang)
+        if len(piece) > MAX_SEGMENT:
+            segments.extend(split_big_text(piece))
+        else:
+            segments.append(piece)
+    return segments
+
+
+def prepare_segments(text: str, lang: str, method: str = "cut5") -> list[str]:
+    """Request text -> the segments upstream synthesises one by one (collapse + pre_segment)."""
+    return pre_segment(collapse_punctuation(text), lang, method)
+
+
+@dataclass
+class PhonePiece:
+    """One language run of a segment: its phones (and ids), word2ph for Chinese, normalised text."""
+
+    lang: str
+    text: str
+    phones: list[str]
+    ids: list[int]
+    word2ph: list[int] | None
+    norm_text: str
+
+
+def segment_phones(segment: str, mode: str, version: str = "v2", g2pw=None) -> list[PhonePiece]:
+    """Phones of one segment, split by language as upstream's get_phones_and_bert does.
+
+    The pipeline concatenates the pieces' ids; BERT features are computed for "zh" pieces
+    (from norm_text and word2ph) and are zeros for the others.
+    """
+    from . import clean_text
+    from .symbols import phones_to_ids
+
+    def run(text: str) -> list[PhonePiece]:
+        pieces = []
+        for lang, chunk in split_by_language(text, mode):
+            phones, word2ph, norm = clean_text(chunk, lang, version, g2pw=g2pw)
+            pieces.append(PhonePiece(lang, chunk, phones, phones_to_ids(phones, version), word2ph, norm))
+        return pieces
+
+    pieces = run(segment)
+    if sum(len(p.phones) for p in pieces) < MIN_PHONES:
+        pieces = run("." + segment)
+    return pieces
