@@ -68,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(p)
         p.set_defaults(func=_bench, bench_module=module)
 
+    from .coreml import add_coreml_command
+
+    add_coreml_command(sub)
+
     try:
         commands = importlib.import_module("dora_primespeech_mlx.commands")
     except ImportError:
