@@ -1,5 +1,5 @@
 # make test : set up .venv (package + test extras + the upstream oracle), ruff, pytest
-# make run  : speak text through a Dora dataflow into a WAV file (see README)
+# make run  : speak text through a Dora dataflow into out/<name>.wav (VOICE=..., TEXT=..., NAME=...)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -31,9 +31,9 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
+# VOICE, TEXT, TEXT_FILE and NAME given on the command line reach scripts/run.py through the environment.
 run: $(STAMP)
-	@echo "The Dora node and the 'say' dataflow are not implemented yet; converters exist:"
-	@$(VENV)/bin/primespeech-mlx --help
+	@$(PY) scripts/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache out
+	rm -rf $(VENV) .pytest_cache .ruff_cache out dataflows/out

@@ -1,0 +1,543 @@
+"""The node loop against the dora-primespeech contract, driven by dora.testing.MockNode and a stub engine.
+
+Each test checks output ids, their order, payload types (ListArray<float32> for audio, StringArray for
+the rest) and metadata exactly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from node_stub import PAUSE, SAMPLE_RATE, RecordingNode, StagedNode, StubSynthesizer, tone
+
+from dora_primespeech_mlx import main as main_module
+from dora_primespeech_mlx.config import NodeConfig
+from dora_primespeech_mlx.node import NODE_NAME, TTSNode, is_speakable
+
+AUDIO_TYPE = pa.list_(pa.float32())
+
+
+def text(value, **meta):
+    array = pa.array([value]) if isinstance(value, str) else value
+    return {"type": "INPUT", "id": "text", "value": array, "metadata": meta}
+
+
+def control(command, **meta):
+    array = pa.array([command]) if isinstance(command, str) else command
+    return {"type": "INPUT", "id": "control", "value": array, "metadata": meta}
+
+
+def run(events, env=None, engine="stub", **kwargs):
+    config, problems = NodeConfig.from_env(env or {})
+    node = RecordingNode(events, fail_outputs=kwargs.pop("fail_outputs", ()))
+    engine = StubSynthesizer() if engine == "stub" else engine
+    TTSNode(node, config, engine, problems=problems, **kwargs).run()
+    return node, engine
+
+
+def answers(node):
+    """The sequence of (output id, value) of audio and segment_complete, audio shown as 'audio'."""
+    out = []
+    for oid, data, _meta in node.sent:
+        if oid == "audio":
+            out.append(("audio", None))
+        elif oid == "segment_complete":
+            out.append((oid, data.to_pylist()[0]))
+    return out
+
+
+def logs(node, level=None):
+    lines = []
+    for data, meta in node.of("log"):
+        assert isinstance(data, pa.StringArray) and len(data) == 1
+        record = json.loads(data[0].as_py())
+        assert record == meta
+        assert set(record) == {"node", "level", "message"} and record["node"] == NODE_NAME
+        if level is None or record["level"] == level:
+            lines.append(record["message"])
+    return lines
+
+
+def statuses(node):
+    out = []
+    for data, meta in node.of("status"):
+        assert isinstance(data, pa.StringArray) and len(data) == 1
+        status = json.loads(data[0].as_py())
+        assert meta == {k: v for k, v in status.items() if v is not None}
+        out.append(status)
+    return out
+
+
+def check_audio(data, meta, expected_meta, samples=None):
+    assert type(data) is pa.ListArray and data.type == AUDIO_TYPE and len(data) == 1
+    values = data.values.to_numpy()
+    assert values.dtype == np.float32
+    if samples is not None:
+        np.testing.assert_array_equal(values, samples)
+    expected = dict(expected_meta, sample_rate=SAMPLE_RATE, duration=len(values) / SAMPLE_RATE)
+    assert meta == expected
+    assert type(meta["sample_rate"]) is int and type(meta["duration"]) is float
+
+
+def check_string(data, value):
+    assert isinstance(data, pa.StringArray) and data.to_pylist() == [value]
+
+
+# ------------------------------------------------------------------------------------------ basics
+def test_plain_text_one_audio_then_completed_with_exact_metadata():
+    meta = {"question_id": "q7", "session_status": "started", "segment_index": 3, "session_id": "s1",
+            "extra": "not passed on"}
+    node, engine = run([text("你好。世界！", **meta)])
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    (audio, audio_meta), = node.of("audio")
+    doubao = engine.registry.get("Doubao")
+    check_audio(audio, audio_meta, {"question_id": "q7", "session_status": "started", "segment_index": 3,
+                                    "session_id": "s1"},
+                samples=np.concatenate([tone("你好。", doubao), tone("世界！", doubao)]))
+    (done, done_meta), = node.of("segment_complete")
+    check_string(done, "completed")
+    assert done_meta == {"question_id": "q7", "session_status": "started"}
+    assert engine.calls[0][:3] == ("synthesize", "你好。世界！", doubao)
+
+
+def test_defaults_for_missing_metadata():
+    node, _ = run([text("hello")])
+    (audio, meta), = node.of("audio")
+    check_audio(audio, meta, {"question_id": "default", "session_status": "unknown"})
+    assert node.of("segment_complete")[0][1] == {"question_id": "default", "session_status": "unknown"}
+
+
+def test_status_on_start_and_after_each_request_and_stop():
+    node, _ = run([text("one."), text("two.")])
+    states = statuses(node)
+    assert [s["event"] for s in states] == ["start", "request", "request", "stop"]
+    start = states[0]
+    assert start == {"node": NODE_NAME, "event": "start", "state": "ready", "voice": "Doubao", "device": "cpu",
+                     "encoder_backend": "mlx", "streaming": False, "queue_depth": 0, "last_rtf": None,
+                     "requests": 0, "error": None}
+    assert states[1]["last_rtf"] == 0.25 and states[2]["requests"] == 2
+    assert states[-1]["state"] == "stopped"
+
+
+def test_options_come_from_the_config():
+    env = {"TOP_K": "15", "TOP_P": "0.8", "TEMPERATURE": "0.6", "SEED": "7", "TEXT_LANG": "en",
+           "TEXT_SPLIT_METHOD": "cut2", "BATCH_SIZE": "4", "SPLIT_BUCKET": "false", "SPEED_FACTOR": "1.3",
+           "FRAGMENT_INTERVAL": "0.2", "PROMPT_TEXT": "override", "PROMPT_LANG": "zh"}
+    node, engine = run([text("hello."), text("VOICE:Maple|hi.")], env=env)
+    opts = engine.calls[0][3]
+    assert (opts.top_k, opts.top_p, opts.temperature, opts.seed) == (15, 0.8, 0.6, 7)
+    assert (opts.text_lang, opts.text_split_method, opts.batch_size, opts.split_bucket) == ("en", "cut2", 4, False)
+    assert (opts.speed, opts.fragment_interval, opts.prompt_text, opts.prompt_lang) == (1.3, 0.2, "override", "zh")
+    # PROMPT_TEXT/PROMPT_LANG describe VOICE_NAME's reference clip, not another voice's
+    maple = engine.calls[1][3]
+    assert (maple.prompt_text, maple.prompt_lang, maple.speed) == (None, None, 1.3)
+
+
+def test_json_prompt_and_other_json():
+    node, engine = run([text(json.dumps({"prompt": "VOICE:Maple|from the bridge."})),
+                        text("42"), text("{not json"), text('{"text": "no prompt"}')])
+    assert [(c[1], c[2].name) for c in engine.calls] == [("from the bridge.", "Maple"), ("42", "Doubao"),
+                                                         ("{not json", "Doubao")]
+    assert answers(node)[-1] == ("segment_complete", "error")
+    assert "prompt" in node.of("segment_complete")[-1][1]["error"]
+
+
+# ----------------------------------------------------------------------------------------- voices
+def test_voice_prefix_is_for_that_text_only():
+    node, engine = run([text("VOICE:Luo Xiang|first."), text("second."), text("VOICE:maple|third.")])
+    assert [c[2].name for c in engine.calls] == ["Luo Xiang", "Doubao", "Maple"]
+    assert [a for a in answers(node) if a[0] == "segment_complete"] == [("segment_complete", "completed")] * 3
+
+
+def test_unknown_voice_prefix_is_an_error_and_the_node_goes_on():
+    node, engine = run([text("VOICE:Nobody|hello", question_id="q1"), text("fine.")])
+    assert answers(node) == [("segment_complete", "error"), ("audio", None), ("segment_complete", "completed")]
+    data, meta = node.of("segment_complete")[0]
+    check_string(data, "error")
+    assert meta == {"question_id": "q1", "session_status": "error", "error": meta["error"],
+                    "error_stage": "synthesis"}
+    assert "unknown voice 'Nobody'" in meta["error"]
+    assert any("unknown voice" in line for line in logs(node, "ERROR"))
+
+
+@pytest.mark.parametrize("message", ["VOICE:hello", "VOICE:|text", "VOICE:CUSTOM|a|b|zh",
+                                     "VOICE:TRAINED|a|b|c|d|zh"])
+def test_bad_voice_syntax(message):
+    node, engine = run([text(message)])
+    assert answers(node) == [("segment_complete", "error")]
+    assert "expected VOICE:" in node.of("segment_complete")[0][1]["error"]
+    assert engine.calls == []
+
+
+def test_custom_voice(tmp_path):
+    ref = tmp_path / "ref.wav"
+    ref.write_bytes(b"RIFF")
+    node, engine = run([text(f"VOICE:CUSTOM|{ref}|参考文本|ja|こんにちは。"),
+                        text(f"VOICE:CUSTOM|{ref}|ref text|klingon|hello."),
+                        text("VOICE:CUSTOM|relative.wav|p|zh|x"),
+                        text(f"VOICE:CUSTOM|{tmp_path / 'missing.wav'}|p|zh|x")])
+    assert engine.registry.custom_calls == [(ref, "参考文本", "ja", None, None),
+                                            (ref, "ref text", "auto", None, None)]
+    assert [(c[1], c[2].name) for c in engine.calls] == [("こんにちは。", "CUSTOM"), ("hello.", "CUSTOM")]
+    assert engine.calls[0][3].prompt_text is None  # the message's transcript, carried by the voice
+    errors = [m["error"] for _, m in node.of("segment_complete") if m.get("session_status") == "error"]
+    assert len(errors) == 2 and "absolute path" in errors[0] and "not found" in errors[1]
+    assert any("klingon" in line for line in logs(node, "WARNING"))
+
+
+def test_trained_voice(tmp_path):
+    files = {}
+    for name in ("g.ckpt", "s.pth", "r.wav"):
+        files[name] = tmp_path / name
+        files[name].write_bytes(b"x")
+    g, s, r = files["g.ckpt"], files["s.pth"], files["r.wav"]
+    node, engine = run([text(f"VOICE:TRAINED|{g}|{s}|{r}|prompt|en|Trained speech."),
+                        text(f"VOICE:TRAINED|{tmp_path / 'nope.ckpt'}|{s}|{r}|prompt|en|x")])
+    assert engine.registry.custom_calls == [(r, "prompt", "en", g, s)]
+    assert engine.calls[0][2].name == "TRAINED"
+    assert answers(node) == [("audio", None), ("segment_complete", "completed"), ("segment_complete", "error")]
+    assert "GPT checkpoint not found" in node.of("segment_complete")[-1][1]["error"]
+
+
+def test_unknown_voice_name_falls_back_to_doubao():
+    node, engine = run([text("hi.")], env={"VOICE_NAME": "Nobody"})
+    assert any("VOICE_NAME" in line and "Doubao" in line for line in logs(node, "ERROR"))
+    assert engine.calls[0][2].name == "Doubao" and statuses(node)[0]["voice"] == "Doubao"
+
+
+def test_voice_name_env_selects_the_voice():
+    _, engine = run([text("hi.")], env={"VOICE_NAME": "Luo Xiang"})
+    assert engine.loaded[0] == "Luo Xiang" and engine.calls[0][2].name == "Luo Xiang"
+
+
+# ------------------------------------------------------------------------------------ empty texts
+@pytest.mark.parametrize("value", ["", "   \n\t", "。！？", "...", "“”（）【】《》, ，、；：", "VOICE:Maple|。",
+                                   json.dumps({"prompt": " ! "})])
+def test_empty_and_punctuation_only_text_is_skipped(value):
+    meta = {"question_id": 5, "session_status": "ended", "segment_index": 2, "custom": "kept"}
+    node, engine = run([text(value, **meta)])
+    assert answers(node) == [("segment_complete", "skipped"), ("segment_complete", "empty")]
+    (skipped, skipped_meta), (empty, empty_meta) = node.of("segment_complete")
+    check_string(skipped, "skipped")
+    check_string(empty, "empty")
+    assert skipped_meta == {"question_id": 5, "session_status": "ended"}
+    assert empty_meta == meta
+    assert engine.calls == []
+
+
+def test_engine_empty_text_error_is_skipped_too():
+    node, _ = run([text("EMPTY_ENGINE", question_id="q")])
+    assert answers(node) == [("segment_complete", "skipped"), ("segment_complete", "empty")]
+    assert node.of("segment_complete")[1][1] == {"question_id": "q"}
+
+
+def test_is_speakable():
+    assert is_speakable("a") and is_speakable("。a") and is_speakable("…")
+    assert not is_speakable("") and not is_speakable(" 。.,!?\"' ")
+
+
+# ------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("value, why", [
+    (pa.array([1, 2]), "got an array of int64"),
+    (pa.array([], pa.string()), "empty array"),
+    (pa.array([b"bytes"]), "got an array of binary"),
+    (pa.array([None], pa.string()), "null"),
+    ("not arrow", "got str"),
+    (None, "got NoneType"),
+])
+def test_bad_payloads_are_answered_with_errors(value, why):
+    event = {"type": "INPUT", "id": "text", "value": value, "metadata": {"question_id": "bad"}}
+    node, engine = run([event, text("after.")])
+    assert answers(node) == [("segment_complete", "error"), ("audio", None), ("segment_complete", "completed")]
+    meta = node.of("segment_complete")[0][1]
+    assert meta["question_id"] == "bad" and why in meta["error"] and meta["error_stage"] == "synthesis"
+
+
+def test_large_string_array_is_accepted():
+    node, _ = run([text(pa.array(["large."], pa.large_string()))])
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+
+
+def test_huge_text_is_rejected():
+    node, engine = run([text("字" * 5001)])
+    assert answers(node) == [("segment_complete", "error")]
+    assert "too long: 5001 characters (limit 5000" in node.of("segment_complete")[0][1]["error"]
+    assert engine.calls == []
+    node, engine = run([text("x" * 101), text("x" * 100)], env={"PRIMESPEECH_MAX_TEXT_CHARS": "100"})
+    assert [v for _, v in answers(node)] == ["error", None, "completed"]
+
+
+@pytest.mark.parametrize("marker, message", [("RAISE_PS", "stub engine failure"),
+                                             ("RAISE_RT", "RuntimeError: stub runtime failure"),
+                                             ("RAISE_KEY", "KeyError: 'missing'"),
+                                             ("NAN_AUDIO", "NaN"),
+                                             ("NO_AUDIO", "empty audio")])
+def test_engine_failures_are_answered_and_the_node_goes_on(marker, message):
+    node, _ = run([text(f"{marker}.", question_id="q", session_status="started"), text("next.")])
+    assert answers(node) == [("segment_complete", "error"), ("audio", None), ("segment_complete", "completed")]
+    meta = node.of("segment_complete")[0][1]
+    assert meta == {"question_id": "q", "session_status": "error", "error": meta["error"],
+                    "error_stage": "synthesis"}
+    assert message in meta["error"]
+    assert any(message in line for line in logs(node, "ERROR"))
+
+
+def test_other_events_and_inputs_do_not_break_the_loop():
+    events = [{"type": "INPUT_CLOSED", "id": "control"}, {"type": "ERROR", "error": "boom"},
+              {"type": "PARAM_UPDATE", "id": "k", "value": 1},
+              {"type": "INPUT", "id": "other", "value": pa.array(["x"]), "metadata": {}}, text("still here.")]
+    node, _ = run(events, env={"LOG_LEVEL": "DEBUG"})
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    assert any("boom" in line for line in logs(node, "ERROR"))
+    assert any("'other'" in line for line in logs(node, "WARNING"))
+
+
+def test_failing_outputs_do_not_stop_the_node():
+    node, _ = run([text("one."), text("two.")], fail_outputs=("status", "log"))
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")] * 2
+
+
+def test_log_level_filters_and_log_format():
+    node, _ = run([text("RAISE_PS"), control("stats")], env={"LOG_LEVEL": "ERROR", "TOP_K": "x"})
+    levels = {json.loads(d[0].as_py())["level"] for d, _ in node.of("log")}
+    assert levels == {"ERROR"}
+    assert any("invalid TOP_K='x'" in line for line in logs(node))
+    node, _ = run([text("fine.")], env={"LOG_LEVEL": "DEBUG"})
+    assert {"DEBUG", "INFO"} <= {json.loads(d[0].as_py())["level"] for d, _ in node.of("log")}
+
+
+# --------------------------------------------------------------------------------------- controls
+def test_reset_and_stats_controls_log():
+    node, _ = run([text("one."), text("RAISE_PS"), text("。"), control("reset"), control("stats")])
+    info = logs(node, "INFO")
+    assert any("reset" in line for line in info)
+    assert any("3 texts: 1 spoken, 1 skipped, 1 failed, 0 cancelled" in line for line in info)
+
+
+def test_voice_control_switches_the_default_voice():
+    node, engine = run([text("before."), control("voice:Maple"), text("after."), control("voice:Nobody"),
+                        control("voice:Broken"), text("still maple.")])
+    assert [c[2].name for c in engine.calls] == ["Doubao", "Maple", "Maple"]
+    changes = [s for s in statuses(node) if s["event"] == "voice_change"]
+    assert [(s["voice"], s["state"]) for s in changes] == [("Maple", "ready"), ("Maple", "error")]
+    errors = logs(node, "ERROR")
+    assert any("unknown voice 'Nobody'" in line for line in errors)
+    assert any("'Broken' could not be loaded" in line for line in errors)
+
+
+def test_unknown_and_malformed_controls_are_logged():
+    node, _ = run([control("dance"), control(pa.array([3])), text("ok.")])
+    assert any("unknown control 'dance'" in line for line in logs(node, "WARNING"))
+    assert any("control must be a pyarrow StringArray" in line for line in logs(node, "ERROR"))
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+
+
+def run_staged(events, env=None):
+    """Run with events after each PAUSE delivered once the stub starts speaking its first sentence."""
+    config, problems = NodeConfig.from_env(env or {})
+    holder = {}
+    spoken = []
+
+    def on_segment(index):
+        spoken.append(index)
+        if index == 0:
+            holder["node"].release()
+
+    engine = StubSynthesizer(on_segment=on_segment)
+    node = holder["node"] = StagedNode(events)
+    TTSNode(node, config, engine, problems=problems).run()
+    return node, engine, spoken
+
+
+@pytest.mark.parametrize("command", ["cancel", "stop", " STOP "])
+def test_cancel_abandons_the_current_text_and_drops_queued_ones(command):
+    events = [text("One. Two. Three.", question_id="a"), PAUSE,
+              text("queued.", question_id="b", session_status="x"), control(command),
+              text("after the cancel.", question_id="c")]
+    node, engine, spoken = run_staged(events)
+    done = [(d.to_pylist()[0], m) for d, m in node.of("segment_complete")]
+    assert sorted((v, m["question_id"]) for v, m in done) == [("cancelled", "a"), ("cancelled", "b"),
+                                                              ("completed", "c")]
+    assert {"question_id": "b", "session_status": "x"} in [m for v, m in done if v == "cancelled"]
+    assert [m["question_id"] for _, m in node.of("audio")] == ["c"]
+    assert [c[1] for c in engine.calls] == ["One. Two. Three.", "after the cancel."]
+    assert spoken == [0, 0]  # "a" stopped at its first segment boundary
+    assert any("current text abandoned, 1 queued text(s) dropped" in line for line in logs(node, "INFO"))
+
+
+def test_cancel_in_streaming_mode_stops_between_pieces():
+    node, _, spoken = run_staged([text("One. Two. Three.", question_id="a"), PAUSE, control("cancel")],
+                                 env={"RETURN_FRAGMENT": "true"})
+    assert answers(node) == [("audio", None), ("segment_complete", "cancelled")]
+    assert spoken == [0]
+
+
+def test_cancel_with_nothing_running_affects_nothing_later():
+    node, _ = run([control("cancel"), text("later.")])
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+
+
+def test_texts_queued_before_a_cancel_are_dropped():
+    node, engine = run([text("a.", question_id="a"), text("b.", question_id="b"), control("cancel"),
+                        text("c.", question_id="c")])
+    done = {m["question_id"]: d.to_pylist()[0] for d, m in node.of("segment_complete")}
+    assert done == {"a": "cancelled", "b": "cancelled", "c": "completed"}
+
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def at(event, seconds):
+    event["metadata"]["timestamp"] = T0 + dt.timedelta(seconds=seconds)
+    return event
+
+
+def test_events_are_ordered_by_the_senders_timestamps():
+    # dora keeps no order between inputs: here the control arrives first although one text was sent
+    # before it and the other texts arrive in a shuffled order
+    events = [at(control("voice:Maple"), 3), at(text("first.", question_id="1"), 1),
+              at(text("last.", question_id="3"), 5), at(text("second.", question_id="2"), 2)]
+    _, engine = run(events)
+    assert [(c[1], c[2].name) for c in engine.calls] == [("first.", "Doubao"), ("second.", "Doubao"),
+                                                         ("last.", "Maple")]
+
+
+def test_a_cancel_covers_texts_sent_before_it_that_arrive_after_it():
+    events = [at(text("speaking. still.", question_id="0"), 0), PAUSE, at(control("cancel"), 4),
+              at(text("after.", question_id="3"), 5), at(text("late but sent before.", question_id="2"), 2)]
+    node, engine, _ = run_staged(events)
+    done = {m["question_id"]: d.to_pylist()[0] for d, m in node.of("segment_complete")}
+    assert done == {"0": "cancelled", "2": "cancelled", "3": "completed"}
+    assert [c[1] for c in engine.calls] == ["speaking. still.", "after."]
+
+
+def test_a_cancel_sent_before_the_current_text_leaves_it_alone():
+    events = [at(text("current. text.", question_id="1"), 5), PAUSE, at(control("cancel"), 4)]
+    node, _, _ = run_staged(events)
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+
+
+def test_all_inputs_closed_stop_first_still_speaks_the_queued_texts():
+    # dora delivers INPUT_CLOSED and STOP ahead of inputs still queued
+    events = [{"type": "INPUT_CLOSED", "id": "text"}, {"type": "STOP", "id": "ALL_INPUTS_CLOSED"},
+              text("one."), text("two.")]
+    node, _ = run(events)
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")] * 2
+
+
+def test_manual_stop_cancels_everything_and_ends():
+    events = [text("One. Two.", question_id="a"), text("b.", question_id="b"), {"type": "STOP", "id": "MANUAL"},
+              text("c.", question_id="c")]
+    node, engine = run(events)
+    done = sorted((m["question_id"], d.to_pylist()[0]) for d, m in node.of("segment_complete"))
+    assert done == [("a", "cancelled"), ("b", "cancelled"), ("c", "cancelled")]
+    assert node.of("audio") == [] and statuses(node)[-1]["state"] == "stopped"
+
+
+# ---------------------------------------------------------------------------------------- streaming
+def test_streaming_sends_one_audio_per_piece():
+    node, engine = run([text("One. Two. Three.", question_id="q", segment_index=1)],
+                       env={"RETURN_FRAGMENT": "true"})
+    assert answers(node) == [("audio", None)] * 3 + [("segment_complete", "completed")]
+    doubao = engine.registry.get("Doubao")
+    for i, ((data, meta), sentence) in enumerate(zip(node.of("audio"), ["One.", "Two.", "Three."], strict=True)):
+        check_audio(data, {k: v for k, v in meta.items() if k not in ("fragment_index", "is_last_fragment")},
+                    {"question_id": "q", "session_status": "unknown", "segment_index": 1},
+                    samples=tone(sentence, doubao))
+        assert (meta["fragment_index"], meta["is_last_fragment"]) == (i, i == 2)
+    assert engine.calls[0][0] == "stream" and engine.calls[0][3].fragment_interval == 0.3
+    assert statuses(node)[0]["streaming"] is True
+
+
+def test_streaming_errors_and_empty_text():
+    node, _ = run([text("RAISE_RT"), text("EMPTY_ENGINE"), text("NO_AUDIO.")], env={"RETURN_FRAGMENT": "1"})
+    assert [v for _, v in answers(node)] == ["error", "skipped", "empty", "error"]
+    assert "no audio" in node.of("segment_complete")[-1][1]["error"]
+
+
+# ---------------------------------------------------------------------------------- start-up failures
+def test_engine_that_failed_to_start_answers_every_text_with_the_reason():
+    node, _ = run([text("hello", question_id="q"), text("VOICE:Maple|hi"), text("。")], engine=None,
+                  startup_error="PrimeSpeechError: model folder missing")
+    assert [v for _, v in answers(node)] == ["error", "error", "skipped", "empty"]
+    for _, meta in node.of("segment_complete")[:2]:
+        assert "model folder missing" in meta["error"]
+    assert any("failed to start" in line for line in logs(node, "ERROR"))
+    status = statuses(node)[0]
+    assert status["state"] == "error" and "model folder missing" in status["error"]
+
+
+def test_voice_that_fails_to_load_is_reported_and_each_text_errors():
+    node, engine = run([text("hello.")], env={"VOICE_NAME": "Broken"})
+    assert any("could not be loaded" in line for line in logs(node, "ERROR"))
+    assert statuses(node)[0]["state"] == "error"
+    assert answers(node) == [("segment_complete", "error")]
+    assert "not installed" in node.of("segment_complete")[0][1]["error"]
+
+
+def run_main(monkeypatch, events, env):
+    import dora
+
+    node = RecordingNode(events)
+    monkeypatch.setattr(dora, "Node", lambda *a, **k: node)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert main_module.main() == 0
+    return node
+
+
+def test_main_with_missing_voice_files_logs_and_answers_errors(monkeypatch, tmp_path):
+    node = run_main(monkeypatch, [text("hello", question_id="q"), text("。")], {
+        "PRIMESPEECH_MODEL_DIR": str(tmp_path), "PRIMESPEECH_VOICES_FILE": str(tmp_path / "missing.json"),
+        "PRIMESPEECH_ENCODER_BACKEND": "coreml", "TOP_K": "zero"})
+    assert [v for _, v in answers(node)] == ["error", "skipped", "empty"]
+    assert node.of("segment_complete")[0][1]["question_id"] == "q"
+    assert str(tmp_path) in node.of("segment_complete")[0][1]["error"]
+    errors = logs(node, "ERROR")
+    assert any("invalid TOP_K" in line for line in errors)
+    assert any("PRIMESPEECH_VOICES_FILE ignored" in line for line in errors)
+    assert any("PRIMESPEECH_ENCODER_BACKEND=coreml cannot be used here" in line for line in errors)
+    assert any("'Doubao' could not be loaded" in line for line in errors)
+    assert statuses(node)[0]["state"] == "error"
+
+
+def test_main_survives_an_engine_that_cannot_be_built(monkeypatch, tmp_path):
+    from dora_primespeech_mlx import engine
+
+    def broken(*args, **kwargs):
+        raise OSError("libmlx.so: cannot open shared object file")
+
+    monkeypatch.setattr(engine, "Synthesizer", broken)
+    node = run_main(monkeypatch, [text("hello", question_id="q")], {"PRIMESPEECH_MODEL_DIR": str(tmp_path)})
+    assert answers(node) == [("segment_complete", "error")]
+    assert "OSError: libmlx.so" in node.of("segment_complete")[0][1]["error"]
+    assert any("failed to start" in line for line in logs(node, "ERROR"))
+
+
+def test_main_outside_a_dataflow_says_what_to_do(monkeypatch, capsys):
+    import dora
+
+    def no_daemon(*args, **kwargs):
+        raise RuntimeError("could not connect")
+
+    monkeypatch.setattr(dora, "Node", no_daemon)
+    assert main_module.main() == 1
+    assert "dora run" in capsys.readouterr().err
+
+
+def test_a_heartbeat_status_is_sent_while_busy():
+    engine = StubSynthesizer(on_segment=lambda index: time.sleep(0.12))
+    config, _ = NodeConfig.from_env({})
+    node = RecordingNode([text("One. Two. Three.")])
+    TTSNode(node, config, engine, heartbeat_seconds=0.05).run()
+    beats = [s for s in statuses(node) if s["event"] == "heartbeat"]
+    assert len(beats) >= 3
+    assert {(b["state"], b["activity"]) for b in beats} == {("busy", "synthesising")}
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    # heartbeats stop with the work: nothing after the request's status
+    assert [s["event"] for s in statuses(node)][-2:] == ["request", "stop"]
