@@ -1,0 +1,28 @@
+"""MRTE (multi-reference timbre encoder): the SSL content attends over the text, plus the
+reference embedding (channels-last)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .vits_attention import MultiHeadAttention
+from .vits_conv import Conv1d
+
+
+class MRTE(nn.Module):
+    """`c_post(cross_attention(c_pre(ssl), text_pre(text)) + c_pre(ssl) + ge)`."""
+
+    def __init__(self, content_channels: int = 192, hidden_size: int = 512, out_channels: int = 192,
+                 n_heads: int = 4):
+        super().__init__()
+        self.cross_attention = MultiHeadAttention(hidden_size, hidden_size, n_heads)
+        self.c_pre = Conv1d(content_channels, hidden_size, 1)
+        self.text_pre = Conv1d(content_channels, hidden_size, 1)
+        self.c_post = Conv1d(hidden_size, out_channels, 1)
+
+    def __call__(self, ssl: mx.array, text: mx.array, ge: mx.array) -> mx.array:
+        """ssl [B, T, C], text [B, Tp, C], ge [B, 1, hidden]."""
+        ssl_enc = self.c_pre(ssl)
+        text_enc = self.text_pre(text)
+        return self.c_post(self.cross_attention(ssl_enc, text_enc) + ssl_enc + ge)

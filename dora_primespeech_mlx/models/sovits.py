@@ -1,0 +1,408 @@
+"""GPT-SoVITS "s2" SoVITS model (v1 and v2) in MLX: semantic codes + phones + reference
+spectrogram -> 32 kHz waveform (`Model.decode`), and HuBERT features -> semantic codes
+(`Model.extract_latent`).
+
+Mirrors upstream `SynthesizerTrn.decode` / `extract_latent` at batch 1 with unpadded inputs, so
+upstream's all-ones masks are left out. Tensors are channels-last inside; the public methods take
+and return numpy arrays in upstream's orientation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from ..checkpoint import load_checkpoint
+from ..convert import ensure_converted, load_converted, save_converted
+from ..errors import PrimeSpeechError
+from .base import BaseModelArgs, load_weights_strict
+from .flow import ResidualCouplingBlock
+from .hifigan import Generator
+from .mrte import MRTE
+from .style_encoder import MelStyleEncoder
+from .vits_attention import Encoder
+from .vits_conv import Conv1d, CpuParallel
+
+logger = logging.getLogger(__name__)
+
+KIND = "sovits"
+V1_SYMBOLS = 322
+V2_SYMBOLS = 732
+V2_SPEC_BINS = 704
+UNSUPPORTED_VERSIONS = ("v2Pro", "v2ProPlus", "v3", "v4")
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    version: str = "v2"
+    n_symbols: int = V2_SYMBOLS
+    spec_channels: int = 1025
+    inter_channels: int = 192
+    hidden_channels: int = 192
+    filter_channels: int = 768
+    n_heads: int = 2
+    n_layers: int = 6
+    kernel_size: int = 3
+    resblock_kernel_sizes: list[int] = field(default_factory=lambda: [3, 7, 11])
+    resblock_dilation_sizes: list[list[int]] = field(default_factory=lambda: [[1, 3, 5]] * 3)
+    upsample_rates: list[int] = field(default_factory=lambda: [10, 8, 2, 2, 2])
+    upsample_initial_channel: int = 512
+    upsample_kernel_sizes: list[int] = field(default_factory=lambda: [16, 16, 8, 2, 2])
+    gin_channels: int = 512
+    ssl_dim: int = 768
+    codebook_size: int = 1024
+    sampling_rate: int = 32000
+    hop_length: int = 640
+
+    @property
+    def ref_bins(self) -> int:
+        """Spectrogram bins the style encoder reads: all 1025 for v1, the first 704 from v2 on."""
+        return self.spec_channels if self.version == "v1" else V2_SPEC_BINS
+
+
+class Codebook(nn.Module):
+    """The single residual-VQ codebook of the 25 Hz semantic tokens."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.embed = mx.zeros((size, dim))
+
+    def encode(self, x: mx.array) -> mx.array:
+        """Nearest entry by squared Euclidean distance (upstream's formula), x [T, D] -> [T]."""
+        dist = -((x * x).sum(-1, keepdims=True) - 2 * (x @ self.embed.T)
+                 + (self.embed * self.embed).sum(-1)[None, :])
+        return mx.argmax(dist, axis=-1)
+
+
+def _interpolate_linear(x: mx.array, size: int) -> mx.array:
+    """PyTorch `F.interpolate(mode="linear", align_corners=False)` along time of x [B, T, C]."""
+    t_in = x.shape[1]
+    scale = np.float32(t_in) / np.float32(size)
+    src = np.maximum(scale * (np.arange(size, dtype=np.float32) + np.float32(0.5)) - np.float32(0.5),
+                     np.float32(0.0))
+    i0 = src.astype(np.int64)
+    lam1 = np.clip(src - i0.astype(np.float32), 0.0, 1.0).astype(np.float32)
+    i1 = i0 + (i0 < t_in - 1)
+    lam0 = (np.float32(1.0) - lam1)[None, :, None]
+    return (x[:, mx.array(i0)] * mx.array(lam0) + x[:, mx.array(i1)] * mx.array(lam1[None, :, None]))
+
+
+class TextEncoder(nn.Module):
+    """enc_p: SSL content encoder, phone encoder, MRTE fusion with the style vector, prior stats."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        h = args.hidden_channels
+        self.out_channels = args.inter_channels
+        self.ssl_proj = Conv1d(args.ssl_dim, h, 1)
+        self.encoder_ssl = Encoder(h, args.filter_channels, args.n_heads, args.n_layers // 2, args.kernel_size)
+        self.encoder_text = Encoder(h, args.filter_channels, args.n_heads, args.n_layers, args.kernel_size)
+        self.text_embedding = nn.Embedding(args.n_symbols, h)
+        self.mrte = MRTE()
+        self.encoder2 = Encoder(h, args.filter_channels, args.n_heads, args.n_layers // 2, args.kernel_size)
+        self.proj = Conv1d(h, 2 * args.inter_channels, 1)
+
+    def encode_ssl(self, y: mx.array) -> mx.array:
+        return self.encoder_ssl(self.ssl_proj(y))
+
+    def encode_text(self, phones: mx.array) -> mx.array:
+        return self.encoder_text(self.text_embedding(phones))
+
+    def __call__(self, y: mx.array, phones: mx.array, ge: mx.array, speed: float) -> tuple[mx.array, mx.array]:
+        return self.prior(self.encode_ssl(y), self.encode_text(phones), ge, speed)
+
+    def prior(self, y: mx.array, text: mx.array, ge: mx.array, speed: float) -> tuple[mx.array, mx.array]:
+        """Mean and log-std of the prior from the encoded SSL content and phones."""
+        y = self.encoder2(self.mrte(y, text, ge))
+        if speed != 1:
+            y = _interpolate_linear(y, int(y.shape[1] / speed) + 1)
+        stats = self.proj(y)
+        return stats[..., :self.out_channels], stats[..., self.out_channels:]
+
+
+class Model(nn.Module):
+    """SoVITS synthesizer (inference parts of upstream `SynthesizerTrn`, v1/v2)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.enc_p = TextEncoder(args)
+        self.dec = Generator(args.inter_channels, args.resblock_kernel_sizes, args.resblock_dilation_sizes,
+                             args.upsample_rates, args.upsample_initial_channel, args.upsample_kernel_sizes,
+                             args.gin_channels)
+        self.flow = ResidualCouplingBlock(args.inter_channels, args.hidden_channels, 5, 1, 4,
+                                          gin_channels=args.gin_channels)
+        self.ref_enc = MelStyleEncoder(args.ref_bins, out_dim=args.gin_channels)
+        self.ssl_proj = Conv1d(args.ssl_dim, args.ssl_dim, 2, stride=2)
+        self.quantizer = Codebook(args.codebook_size, args.ssl_dim)
+        self._parallel = CpuParallel()
+
+    @property
+    def version(self) -> str:
+        return self.args.version
+
+    @property
+    def samples_per_code(self) -> int:
+        """Output samples per 25 Hz code at speed 1 (2 frames of hop_length)."""
+        return 2 * self.args.hop_length
+
+    # -- weights ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def sanitize(weights: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Upstream SoVITS state dict -> our parameter names and MLX layouts (float32 numpy).
+
+        Weight norm in any of its stored forms (`weight_g`/`weight_v`,
+        `parametrizations.weight.original0/1`, or fused `weight`) becomes one fused `weight`
+        (`g * v / ||v||`, norm over every axis but 0); Conv1d weights [out, in, k] -> [out, k, in];
+        ConvTranspose1d weights [in, out, k] -> [out, k, in]; training-only entries are dropped.
+        """
+        arrays = {k: np.asarray(v) for k, v in weights.items() if not _training_only(k)}
+        fused: dict[str, np.ndarray] = {}
+        pairs: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in arrays.items():
+            m = _WEIGHT_NORM_KEY.match(key)
+            if m:
+                pairs.setdefault(m.group(1), {})[m.group(2)] = value
+            else:
+                fused[key] = value.astype(np.float32)
+        for base, parts in pairs.items():
+            g = parts.get("weight_g", parts.get("parametrizations.weight.original0"))
+            v = parts.get("weight_v", parts.get("parametrizations.weight.original1"))
+            if g is None or v is None or len(parts) != 2:
+                raise PrimeSpeechError(f"SoVITS checkpoint has an incomplete weight-norm pair at {base} "
+                                       f"({', '.join(sorted(parts))}): the file is corrupt")
+            v64 = v.astype(np.float64)
+            norm = np.sqrt((v64 * v64).sum(axis=tuple(range(1, v.ndim)), keepdims=True))
+            fused[f"{base}.weight"] = (g.astype(np.float64) * v64 / norm).astype(np.float32)
+        out: dict[str, np.ndarray] = {}
+        for key, value in fused.items():
+            key = _rename(key)
+            if value.ndim == 3 and not key.endswith(("emb_rel_k", "emb_rel_v")):
+                value = np.moveaxis(value, 0, 2) if _TRANSPOSED_CONV.match(key) else np.moveaxis(value, 1, 2)
+            out[key] = np.ascontiguousarray(value)
+        return out
+
+    # -- inference -------------------------------------------------------------------------------
+
+    def style_embedding(self, refer_spec: np.ndarray | list[np.ndarray]) -> mx.array:
+        """ge [1, 1, gin]: the style encoder on each reference spectrogram, averaged."""
+        specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
+        if not specs:
+            raise PrimeSpeechError("no reference spectrogram given")
+        ges = []
+        for spec in specs:
+            spec = np.asarray(spec, dtype=np.float32)
+            if spec.ndim == 3 and spec.shape[0] == 1:
+                spec = spec[0]
+            if spec.ndim != 2 or spec.shape[0] < self.args.ref_bins or spec.shape[1] < 1:
+                raise PrimeSpeechError(f"reference spectrogram must be [1025, frames], got {spec.shape}")
+            ges.append(self.ref_enc(mx.array(spec[:self.args.ref_bins].T)[None]))
+        return ges[0] if len(ges) == 1 else mx.mean(mx.stack(ges), axis=0)
+
+    def decode(self, codes, phones, refer_spec, *, noise_scale: float = 0.5, speed: float = 1.0,
+               seed: int | None = None) -> np.ndarray:
+        """Waveform (float32, 1-D, `sampling_rate` Hz) for semantic `codes` [T25] and the TARGET
+        `phones` [Tp] (not the prompt's), in the voice of `refer_spec` ([1025, frames] or a list,
+        whose style vectors are averaged)."""
+        codes = self._ids(codes, self.args.codebook_size, "semantic codes")
+        phones = self._ids(phones, self.args.n_symbols, "phone ids")
+        if speed <= 0:
+            raise PrimeSpeechError(f"speed must be positive, got {speed}")
+        specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
+        with self._parallel() as streams:
+            side = mx.stream(streams[1]) if streams else contextlib.nullcontext()
+            with side:  # independent of the SSL branch below: the other stream when on the CPU
+                ge = self.style_embedding(specs)
+                text = self.enc_p.encode_text(mx.array(phones)[None])
+            quantized = mx.repeat(self.quantizer.embed[mx.array(codes)], 2, axis=0)[None]  # 25 Hz -> 50 Hz
+            m_p, logs_p = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge, speed)
+            if noise_scale:
+                key = mx.random.key(seed) if seed is not None else None
+                z_p = m_p + mx.random.normal(m_p.shape, key=key) * mx.exp(logs_p) * noise_scale
+            else:
+                z_p = m_p
+            z = self.flow.reverse(z_p, ge)
+            audio = self.dec(z, ge, streams).reshape(-1)
+            return np.array(audio, dtype=np.float32)
+
+    def extract_latent(self, ssl_features: np.ndarray) -> np.ndarray:
+        """Semantic codes [T50 // 2] (int64) of HuBERT features [768, T50]."""
+        ssl = np.asarray(ssl_features, dtype=np.float32)
+        if ssl.ndim == 3 and ssl.shape[0] == 1:
+            ssl = ssl[0]
+        if ssl.ndim != 2 or ssl.shape[0] != self.args.ssl_dim or ssl.shape[1] < 2:
+            raise PrimeSpeechError(f"SSL features must be [{self.args.ssl_dim}, frames >= 2], got {ssl.shape}")
+        with self._parallel():
+            x = self.ssl_proj(mx.array(ssl.T)[None])[0]
+            return np.array(self.quantizer.encode(x), dtype=np.int64)
+
+    @staticmethod
+    def _ids(values, limit: int, what: str) -> np.ndarray:
+        ids = np.asarray(values).reshape(-1)
+        if ids.size == 0:
+            raise PrimeSpeechError(f"no {what} to decode")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise PrimeSpeechError(f"{what} must be integers, got {ids.dtype}")
+        if ids.min() < 0 or ids.max() >= limit:
+            raise PrimeSpeechError(f"{what} out of range [0, {limit}): min {ids.min()}, max {ids.max()}")
+        return ids.astype(np.int32)
+
+
+_WEIGHT_NORM_KEY = re.compile(r"^(.*)\.(weight_g|weight_v|parametrizations\.weight\.original[01])$")
+_TRANSPOSED_CONV = re.compile(r"^dec\.ups\.\d+\.weight$")
+_RENAMES = (
+    (re.compile(r"^quantizer\.vq\.layers\.0\._codebook\.embed$"), "quantizer.embed"),
+    (re.compile(r"^ref_enc\.spectral\.0\.fc\."), "ref_enc.spectral1."),
+    (re.compile(r"^ref_enc\.spectral\.3\.fc\."), "ref_enc.spectral2."),
+    (re.compile(r"^ref_enc\.temporal\.(\d+)\.conv1\.conv\."), r"ref_enc.temporal.\1.conv."),
+    (re.compile(r"^ref_enc\.fc\.fc\."), "ref_enc.fc."),
+)
+_TRAINING_ONLY = re.compile(
+    r"^(enc_q\.|net_d\.|discriminator\.|optimizer|quantizer\.vq\.layers\.\d+\._codebook\.(inited|cluster_size|embed_avg)$)"
+)
+
+
+def _training_only(key: str) -> bool:
+    return bool(_TRAINING_ONLY.match(key))
+
+
+def _rename(key: str) -> str:
+    for pattern, repl in _RENAMES:
+        key, n = pattern.subn(repl, key)
+        if n:
+            return key
+    m = re.match(r"^flow\.flows\.(\d+)\.(.*)$", key)
+    if m:
+        index = int(m.group(1))
+        if index % 2:
+            raise PrimeSpeechError(f"unexpected SoVITS key {key}: odd flow entries are parameter-free flips")
+        return f"flow.flows.{index // 2}.{m.group(2)}"
+    return key
+
+
+# -- checkpoint reading, version detection, conversion --------------------------------------------
+
+def _plain_config(config: Any) -> dict[str, Any]:
+    return config if isinstance(config, dict) else {}
+
+
+def detect_version(weights: dict[str, Any], config: dict[str, Any], header_version: str | None) -> str:
+    """"v1" or "v2" for a supported SoVITS state dict; PrimeSpeechError naming any other version."""
+    model_cfg = _plain_config(config.get("model"))
+    cfg_version = model_cfg.get("version") or config.get("version")
+
+    def refuse(version: str, why: str) -> PrimeSpeechError:
+        return PrimeSpeechError(
+            f"this SoVITS checkpoint is GPT-SoVITS {version} ({why}); only v1 and v2 SoVITS weights are "
+            "supported so far: use a v1/v2 voice, or export the voice from a v2 training run"
+        )
+
+    if header_version is not None and header_version not in ("v1", "v2"):
+        raise refuse(header_version, "file header")
+    if any(k.startswith("cfm.") for k in weights):
+        raise refuse(cfg_version if cfg_version in ("v3", "v4") else "v3/v4", "it has a CFM decoder")
+    if any(k.startswith(("sv_emb.", "ge_to512.", "prelu.")) for k in weights):
+        if cfg_version not in ("v2Pro", "v2ProPlus"):
+            conv_pre = weights.get("dec.conv_pre.weight")
+            cfg_version = "v2ProPlus" if conv_pre is not None and conv_pre.shape[0] == 768 else "v2Pro"
+        raise refuse(cfg_version, "it has a speaker-verification embedding")
+    if cfg_version in UNSUPPORTED_VERSIONS:
+        raise refuse(cfg_version, "its config")
+    embedding = weights.get("enc_p.text_embedding.weight")
+    if embedding is None:
+        raise PrimeSpeechError("this file has no enc_p.text_embedding.weight: it is not a GPT-SoVITS v1/v2 "
+                               "SoVITS checkpoint (SoVITS_weights/*.pth)")
+    rows = embedding.shape[0]
+    if rows == V1_SYMBOLS:
+        return "v1"
+    if rows == V2_SYMBOLS:
+        return "v2"
+    raise PrimeSpeechError(f"unexpected SoVITS symbol table of {rows} entries (v1 has {V1_SYMBOLS}, v2 "
+                           f"{V2_SYMBOLS}): the file is not a supported GPT-SoVITS checkpoint")
+
+
+def _args_from(weights: dict[str, Any], config: dict[str, Any], version: str) -> ModelArgs:
+    model_cfg = dict(_plain_config(config.get("model")))
+    data_cfg = _plain_config(config.get("data"))
+    model_cfg.pop("version", None)
+    args = ModelArgs.from_dict(model_cfg)
+    args.version = version
+    args.n_symbols = int(weights["enc_p.text_embedding.weight"].shape[0])
+    if "filter_length" in data_cfg:
+        args.spec_channels = int(data_cfg["filter_length"]) // 2 + 1
+    for name in ("sampling_rate", "hop_length"):
+        if name in data_cfg:
+            setattr(args, name, int(data_cfg[name]))
+    if model_cfg.get("semantic_frame_rate", "25hz") != "25hz":
+        raise PrimeSpeechError("only 25 Hz semantic SoVITS models are supported")
+    if model_cfg.get("resblock", "1") != "1":
+        raise PrimeSpeechError("only HiFi-GAN ResBlock1 SoVITS decoders are supported")
+    return args
+
+
+def read_official(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ModelArgs]:
+    """An official SoVITS `.pth` -> (sanitized float32 weights, ModelArgs); refuses other versions."""
+    ckpt = load_checkpoint(path)
+    data = ckpt.data
+    if not isinstance(data, dict):
+        raise PrimeSpeechError(f"{path} is not a GPT-SoVITS SoVITS checkpoint")
+    weights = data.get("weight", data.get("model"))
+    if not isinstance(weights, dict):
+        raise PrimeSpeechError(f"{path} has no 'weight' state dict: it is not a GPT-SoVITS SoVITS checkpoint "
+                               "(SoVITS_weights/*.pth)")
+    config = _plain_config(data.get("config"))
+    version = detect_version(weights, config, ckpt.header_version)
+    args = _args_from(weights, config, version)
+    sanitized = Model.sanitize(weights)
+    _check_against(args, sanitized, path)
+    return sanitized, args
+
+
+def _check_against(args: ModelArgs, weights: dict[str, np.ndarray], source) -> None:
+    model = Model(args)
+    load_weights_strict(model, {k: mx.array(v) for k, v in weights.items()}, f"SoVITS ({source})")
+
+
+def _convert_into(source: Path, out_dir: Path) -> None:
+    weights, args = read_official(source)
+    save_converted(out_dir, weights, args.to_dict(), kind=KIND, source=source)
+
+
+def convert(source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
+    """Convert an official SoVITS `.pth` to MLX safetensors + config.json (cached beside the
+    source unless `out_dir` is given); returns the folder."""
+    source = Path(source)
+    if source.is_dir():
+        raise PrimeSpeechError(f"{source} is a folder: give the SoVITS .pth file to convert")
+    return ensure_converted(source, KIND, _convert_into, out_dir)
+
+
+def load_model(path: str | os.PathLike) -> Model:
+    """Load a SoVITS model from an official `.pth` (converted once, cached) or a converted folder."""
+    path = Path(path)
+    if not path.exists():
+        raise PrimeSpeechError(f"SoVITS model not found: {path}")
+    folder = path if path.is_dir() else convert(path)
+    weights, config = load_converted(folder)
+    meta = config.get("conversion", {})
+    if meta.get("kind") not in (None, KIND):
+        raise PrimeSpeechError(f"{folder} holds a converted {meta.get('kind')} model, not SoVITS")
+    args = ModelArgs.from_dict(config)
+    model = Model(args)
+    load_weights_strict(model, weights, f"SoVITS ({folder})")
+    model.eval()
+    mx.eval(model.parameters())
+    return model
+
+
+__all__ = ["Model", "ModelArgs", "convert", "detect_version", "load_model", "read_official"]
