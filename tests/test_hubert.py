@@ -1,0 +1,198 @@
+"""CNHuBERT in MLX against upstream's pure-torch HubertInferenceModel on identical random weights.
+
+The weights are written as the official `chinese-hubert-base/pytorch_model.bin` (torch.save, fp16,
+Hugging Face key names) and go through our converter; upstream loads the same folder with its own
+loader. Tolerance: max |ours - upstream| <= 1e-4 x max |upstream| (float32 on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
+from dora_primespeech_mlx.errors import PrimeSpeechError
+
+torch = pytest.importorskip("torch")
+mx = pytest.importorskip("mlx.core")
+
+from dora_primespeech_mlx.models import hubert  # noqa: E402
+from dora_primespeech_mlx.oracle import encoders as oracle  # noqa: E402
+
+REL_TOL = 1e-4
+TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+        "conv_dim": [32] * 7, "num_conv_pos_embeddings": 16, "num_conv_pos_embedding_groups": 4}
+
+
+def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.ndarray:
+    """A voiced, amplitude-modulated signal with noise: varied enough that every frame differs."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(round(seconds * sample_rate))) / sample_rate
+    f0 = 140 + 30 * np.sin(2 * np.pi * 0.7 * t + seed)
+    phase = 2 * np.pi * np.cumsum(f0) / sample_rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 8))
+    envelope = 0.5 + 0.5 * np.sin(2 * np.pi * 3.1 * t) ** 2
+    wave = 0.15 * envelope * voiced + 0.02 * rng.standard_normal(t.shape)
+    return wave.astype(np.float32)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _torch_single_thread():
+    # The oracle shares the process with MLX's OpenBLAS threads; torch's OpenMP threads spinning
+    # between calls then starve both on a 2-core machine, so upstream runs single-threaded here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
+    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+
+
+@pytest.fixture(scope="session")
+def full_folder(upstream):
+    return oracle.model_folder("hubert", seed=0)
+
+
+@pytest.fixture(scope="session")
+def full_model(full_folder):
+    return hubert.load_model(full_folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(upstream):
+    return oracle.model_folder("hubert", seed=1, overrides=TINY)
+
+
+@pytest.mark.parametrize("seconds", [1.0, 3.3, 10.0])
+def test_last_hidden_state_matches_upstream(full_folder, full_model, seconds):
+    wave = speech_like(seconds, seed=int(seconds * 10))
+    ref = oracle.hubert_reference(full_folder, wave)
+    ours = np.array(full_model(mx.array(wave)))
+    assert ours.shape == (1, full_model.args.num_frames(wave.shape[0]), 768) == (1,) + ref.shape
+    assert rel_err(ours[0], ref) <= REL_TOL
+    # Informative: frames differ from each other and nothing is saturated.
+    assert ref.std(axis=0).mean() > 0.1 * ref.std()
+    assert np.abs(ref).max() < 20
+
+
+def test_batch_and_unbatched_inputs_agree(tiny_folder):
+    model = hubert.load_model(tiny_folder)
+    waves = np.stack([speech_like(1.2, seed=3), speech_like(1.2, seed=4)])
+    batched = np.array(model(mx.array(waves)))
+    for i in range(2):
+        single = np.array(model(mx.array(waves[i])))[0]
+        np.testing.assert_allclose(batched[i], single, rtol=0, atol=1e-5)
+        assert rel_err(single, oracle.hubert_reference(tiny_folder, waves[i])) <= REL_TOL
+
+
+def test_input_is_not_normalised(tiny_folder):
+    # TTS.py calls the model on the raw waveform, skipping the folder's zero-mean/unit-variance
+    # feature extractor: with that step an affine change of the input would change nothing.
+    model = hubert.load_model(tiny_folder)
+    wave = speech_like(1.0, seed=5)
+    a = np.array(model(mx.array(wave)))[0]
+    b = np.array(model(mx.array(wave * 3.0 + 0.1)))[0]
+    assert np.max(np.abs(a - b)) > 1e-3
+    assert rel_err(b, oracle.hubert_reference(tiny_folder, wave * 3.0 + 0.1)) <= REL_TOL
+
+
+def test_weight_norm_forms_and_safetensors_convert_alike(tiny_folder, tmp_path):
+    from safetensors.numpy import save_file
+
+    from dora_primespeech_mlx.checkpoint import read_checkpoint
+    from dora_primespeech_mlx.convert import load_converted
+
+    state = read_checkpoint(tiny_folder / "pytorch_model.bin")
+    assert "encoder.pos_conv_embed.conv.weight_g" in state and "masked_spec_embed" in state
+    renamed = {}
+    for key, value in state.items():
+        key = key.replace("conv.weight_g", "conv.parametrizations.weight.original0")
+        key = key.replace("conv.weight_v", "conv.parametrizations.weight.original1")
+        renamed["hubert." + key] = value
+    other = tmp_path / "chinese-hubert-base"
+    other.mkdir()
+    save_file(renamed, str(other / "model.safetensors"))
+    (other / "config.json").write_text((tiny_folder / "config.json").read_text())
+
+    a, _ = load_converted(hubert.convert(tiny_folder, tmp_path / "a"))
+    b, _ = load_converted(hubert.convert(other))
+    assert sorted(a) == sorted(b)
+    for key in a:
+        np.testing.assert_array_equal(np.array(a[key]), np.array(b[key]), err_msg=key)
+
+    # The fused weight is g * v / ||v|| with the norm over every axis but the kernel one (dim=2).
+    g = state["encoder.pos_conv_embed.conv.weight_g"].astype(np.float32)
+    v = state["encoder.pos_conv_embed.conv.weight_v"].astype(np.float32)
+    expected = v * g / np.sqrt((v * v).sum(axis=(0, 1), keepdims=True))
+    np.testing.assert_allclose(np.array(a["encoder.pos_conv_embed.conv.weight"]),
+                               np.moveaxis(expected, 1, 2), rtol=1e-6, atol=1e-7)
+
+
+def test_conversion_is_cached_and_redone_on_change(tiny_folder, tmp_path):
+    import shutil
+
+    folder = tmp_path / "moyoyo" / "chinese-hubert-base"
+    shutil.copytree(tiny_folder, folder, ignore=shutil.ignore_patterns("mlx"))
+    out = hubert.convert(folder)
+    assert out == folder / "mlx"
+    stamp = (out / "model.safetensors").stat().st_mtime_ns
+    assert hubert.convert(folder) == out
+    assert (out / "model.safetensors").stat().st_mtime_ns == stamp  # skipped: unchanged source
+    oracle.write_hubert_folder(folder, seed=7, overrides=TINY)
+    hubert.convert(folder)
+    assert (out / "model.safetensors").stat().st_mtime_ns != stamp  # new weights: converted again
+    model = hubert.load_model(out)  # a converted folder loads directly
+    wave = speech_like(1.0, seed=6)
+    assert rel_err(np.array(model(mx.array(wave)))[0], oracle.hubert_reference(folder, wave)) <= REL_TOL
+
+
+def test_cli_convert_dispatches(tiny_folder, tmp_path, capsys):
+    from dora_primespeech_mlx.cli import main
+
+    assert main(["convert", "--hubert", str(tiny_folder), "--out", str(tmp_path / "out")]) == 0
+    config = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert config["conversion"]["kind"] == "hubert" and config["hidden_size"] == 64
+    assert "hubert" in capsys.readouterr().out
+
+
+def test_strict_weights_and_config(tiny_folder, tmp_path):
+    from dora_primespeech_mlx.checkpoint import read_checkpoint
+
+    state = read_checkpoint(tiny_folder / "pytorch_model.bin")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_folder / "config.json").read_text())
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()
+                if not k.startswith("encoder.layers.1.")}, bad / "pytorch_model.bin")
+    with pytest.raises(PrimeSpeechError, match="missing"):
+        hubert.convert(bad)
+    state["encoder.extra.weight"] = np.zeros(3, np.float16)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, bad / "pytorch_model.bin")
+    with pytest.raises(PrimeSpeechError, match="unexpected"):
+        hubert.convert(bad)
+    with pytest.raises(PrimeSpeechError, match="feat_extract_norm"):
+        hubert.ModelArgs.from_dict({"feat_extract_norm": "layer"})
+    with pytest.raises(PrimeSpeechError, match="too short"):
+        hubert.load_model(tiny_folder)(mx.zeros((300,)))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(PrimeSpeechError, match="no config.json"):
+        hubert.convert(empty)
+    (empty / "config.json").write_text("{}")
+    with pytest.raises(PrimeSpeechError, match="neither pytorch_model.bin nor model.safetensors"):
+        hubert.convert(empty)
+
+
+def test_fast_elementwise_kernels_are_accurate():
+    # GELU's rational erf and the softmax exp against float64 references.
+    x = np.linspace(-12, 12, 200001).astype(np.float32)
+    erf = np.vectorize(math.erf)
+    exact = 0.5 * x.astype(np.float64) * (1 + erf(x.astype(np.float64) / math.sqrt(2)))
+    assert np.max(np.abs(np.array(hubert.gelu(mx.array(x))) - exact)) < 2e-6
+    xs = np.linspace(-80, 0, 200001).astype(np.float32)
+    assert np.max(np.abs(np.array(hubert._exp_nonpositive(mx.array(xs))) - np.exp(xs.astype(np.float64)))) < 2e-7
