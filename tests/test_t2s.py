@@ -1,0 +1,281 @@
+"""T2S GPT: MLX against upstream `Text2SemanticDecoder` on identical random weights.
+
+The upstream decoder gets seeded random fp16-exact weights, is written with `torch.save` in the
+official .ckpt layout and goes through our converter. Logits are compared with the relative error
+REL = max|ours - upstream| / max|upstream| (float32), which must stay below REL_TOL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
+from dora_primespeech_mlx.errors import PrimeSpeechError
+from dora_primespeech_mlx.models import t2s
+from dora_primespeech_mlx.oracle import t2s as oracle
+
+REL_TOL = 1e-4
+
+import mlx.core as mx  # noqa: E402
+
+GREEDY = dict(top_k=1, top_p=1.0, temperature=1.0, repetition_penalty=1.0)
+N_GREEDY = 150
+
+
+def rel_err(ours, ref) -> float:
+    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
+    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_blas_thread(upstream):
+    """One torch thread and one OpenBLAS thread while these tests run: torch's OpenMP threads, the
+    OpenBLAS threads preloaded for MLX and MLX's own thread otherwise oversubscribe the 2 cores,
+    and spinning BLAS threads made a 150-step decode 5x slower on a busy machine."""
+    import ctypes
+
+    import torch
+
+    from dora_primespeech_mlx.runtime import _OPENBLAS_STATE
+
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    lib = ctypes.CDLL(_OPENBLAS_STATE["path"]) if _OPENBLAS_STATE["path"] else None
+    blas_threads = lib.openblas_get_num_threads() if lib else None
+    if lib:
+        lib.openblas_set_num_threads(1)
+    yield
+    torch.set_num_threads(torch_threads)
+    if lib:
+        lib.openblas_set_num_threads(blas_threads)
+
+
+def _setup(tmp_path_factory, name, config, seed):
+    ref, path = oracle.write_random_checkpoint(tmp_path_factory.mktemp(name) / f"{name}.ckpt", config, seed)
+    return ref, t2s.load_model(path), path
+
+
+@pytest.fixture(scope="session")
+def small(tmp_path_factory, upstream):
+    return _setup(tmp_path_factory, "small", oracle.SMALL_CONFIG, seed=1)
+
+
+@pytest.fixture(scope="session")
+def full(tmp_path_factory, upstream):
+    return _setup(tmp_path_factory, "full", oracle.FULL_CONFIG, seed=0)
+
+
+def _forced_logits(model, phones, bert, prompt, codes):
+    """Our logits of the prefill and of each decode step fed with `codes` (teacher forcing)."""
+    n_prompt = 0 if prompt is None else len(prompt)
+    x = model.embed_text(mx.array(phones.astype(np.int32))[None], mx.array(bert)[None])
+    if n_prompt:
+        x = mx.concatenate([x, model.embed_audio(mx.array(prompt.astype(np.int32))[None])], axis=1)
+    cache = model.make_cache()
+    out = [model(x, t2s.prefill_mask(len(phones), n_prompt), cache, last_only=True)[0]]
+    for idx, code in enumerate(codes):
+        x = model.embed_audio(mx.array([[code]], dtype=mx.int32), start=n_prompt + idx)
+        out.append(model(x, None, cache, last_only=True)[0])
+    return [np.array(o) for o in out]
+
+
+# ------------------------------------------------------------------------------- parity with upstream
+
+
+@pytest.mark.parametrize("size", ["small", "full"])
+@pytest.mark.parametrize("with_prompt", [True, False], ids=["prompt", "no-prompt"])
+def test_greedy_matches_upstream(request, size, with_prompt):
+    ref, model, _ = request.getfixturevalue(size)
+    phones, bert, prompt = oracle.random_inputs(45, 90 if with_prompt else 0, seed=11)
+    prompt = prompt if with_prompt else None
+    up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=N_GREEDY - 1)
+    ours = t2s.generate(model, phones, bert, prompt, **GREEDY, early_stop_num=N_GREEDY - 1)
+    assert len(up.codes) == N_GREEDY
+    assert len(set(up.codes)) >= 40, "random weights too degenerate for a meaningful comparison"
+    assert ours == up.codes
+
+    # logits of the prefill and of several decode steps, fed the same codes
+    steps = 6
+    ours_logits = _forced_logits(model, phones, bert, prompt, up.codes[:steps])
+    for i, (o, u) in enumerate(zip(ours_logits, up.logits[: steps + 1], strict=True)):
+        assert rel_err(o, u) < REL_TOL, f"step {i}: REL {rel_err(o, u):.2e}"
+
+
+def test_greedy_with_repetition_penalty_matches_upstream(small):
+    ref, model, _ = small
+    phones, bert, prompt = oracle.random_inputs(30, 40, seed=5)
+    kw = dict(GREEDY, repetition_penalty=1.35)
+    up = oracle.run_naive(ref, phones, bert, prompt, **kw, early_stop_num=80)
+    assert t2s.generate(model, phones, bert, prompt, **kw, early_stop_num=80) == up.codes
+
+
+# ------------------------------------------------------------------------------------------ stop rules
+
+
+def _set_eos_row(ref, model, row):
+    """Both models with the EOS row of ar_predict_layer set to `row` (rounded to fp16); returns an undo."""
+    import torch
+
+    with torch.no_grad():
+        w = ref.ar_predict_layer.weight
+        saved = w[1024].clone()
+        w[1024] = row.half().float()
+    ours = model.ar_predict_layer.weight
+    patched = np.array(ours)
+    patched[1024] = w[1024].detach().numpy()
+    model.ar_predict_layer.weight = mx.array(patched)
+
+    def restore():
+        with torch.no_grad():
+            w[1024] = saved
+        model.ar_predict_layer.weight = ours
+
+    return restore
+
+
+def test_eos_masked_before_step_11(small):
+    """EOS made the argmax at every step: upstream and ours still produce the first 11 codes unchanged."""
+    ref, model, _ = small
+    phones, bert, prompt = oracle.random_inputs(30, 40, seed=7)
+    base = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=30).codes
+    # the final LayerNorm's bias dominates every hidden state: a big multiple of it wins every step
+    bias = ref.h.layers[-1].norm2.bias.detach()
+    restore = _set_eos_row(ref, model, (50 * bias).half().float())
+    try:
+        up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY)
+        ours = t2s.generate(model, phones, bert, prompt, **GREEDY)
+    finally:
+        restore()
+    assert up.idx == 11 and up.codes == base[:11]
+    assert ours == up.codes
+
+
+def test_eos_argmax_stop_matches_upstream(small):
+    """EOS's row a copy of code X's, scaled by 1.01, X being the greedy code of a step >= 11 (and, when
+    possible, also of a step < 11, where EOS is masked): decoding stops by that step, EOS dropped."""
+    ref, model, _ = small
+    phones, bert, prompt = oracle.random_inputs(30, 40, seed=7)
+    base = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=60).codes
+    late = [k for k in range(11, len(base)) if base[k] in base[:11]] or [20]
+    k = late[0]
+    restore = _set_eos_row(ref, model, ref.ar_predict_layer.weight.detach()[base[k]] * 1.01)
+    try:
+        up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY)
+        ours = t2s.generate(model, phones, bert, prompt, **GREEDY)
+    finally:
+        restore()
+    assert 11 <= up.idx <= k and up.codes == base[: up.idx], "upstream did not stop on EOS"
+    assert ours == up.codes
+    assert t2s.upstream_kept_codes(ours, has_prompt=True) == (list(prompt) + up.codes)[-up.idx:]
+
+
+def test_sampled_eos_stops(small):
+    """Code X made the argmax at every step and EOS always the runner-up, within reach of sampling:
+    decoding stops when EOS is sampled although it is not the argmax (upstream's second stop rule)."""
+    import torch
+
+    ref, model, _ = small
+    phones, bert, prompt = oracle.random_inputs(30, 40, seed=7)
+    x_code = 77
+    row = (50 * ref.h.layers[-1].norm2.bias.detach()).half().float()
+    with torch.no_grad():
+        w = ref.ar_predict_layer.weight
+        saved_x = w[x_code].clone()
+        w[x_code] = row
+    ours_w = model.ar_predict_layer.weight
+    patched = np.array(ours_w)
+    patched[x_code] = row.numpy()
+    model.ar_predict_layer.weight = mx.array(patched)
+    restore = _set_eos_row(ref, model, row * 0.99)
+    kw = dict(top_k=2, top_p=1.0, temperature=10.0, repetition_penalty=1.0)
+    try:
+        runs = [t2s.generate(model, phones, bert, prompt, **kw, seed=s, max_tokens=200) for s in range(3)]
+        up = [oracle.run_naive(ref, phones, bert, prompt, **kw, seed=s).codes for s in range(3)]
+    finally:
+        restore()
+        with torch.no_grad():
+            w[x_code] = saved_x
+        model.ar_predict_layer.weight = ours_w
+    for codes in runs + up:
+        assert 11 <= len(codes) < 200 and set(codes) == {x_code}
+    assert len({len(c) for c in runs}) > 1  # the stop step depends on the draws
+
+
+def test_early_stop_and_cap_match_upstream(small, monkeypatch):
+    ref, model, _ = small
+    phones, bert, prompt = oracle.random_inputs(25, 20, seed=2)
+    up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=17)
+    assert len(up.codes) == 18 and up.idx == 17  # the step that crosses the limit keeps its code
+    assert t2s.generate(model, phones, bert, prompt, **GREEDY, early_stop_num=17) == up.codes
+
+    import AR.models.t2s_model as upstream_model
+
+    # upstream's TTS keeps (prompt + codes)[-idx:]: here the first code goes
+    kept = t2s.upstream_kept_codes(up.codes, has_prompt=True, early_stop_num=17)
+    assert kept == (list(prompt) + up.codes)[-up.idx:] == up.codes[1:]
+
+    monkeypatch.setattr(upstream_model, "MAX_AR_DECODE_STEPS", 23)
+    up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY)
+    assert len(up.codes) == 23
+    assert t2s.generate(model, phones, bert, prompt, **GREEDY, max_tokens=23) == up.codes
+    assert t2s.generate(model, phones, bert, prompt, **GREEDY, max_tokens=0) == [0]
+
+
+def test_stream_generate_yields_the_same_codes(small):
+    _, model, _ = small
+    phones, bert, prompt = oracle.random_inputs(25, 20, seed=4)
+    kw = dict(top_k=5, top_p=0.9, temperature=0.8, repetition_penalty=1.35, seed=3, max_tokens=40)
+    streamed = t2s.stream_generate(model, phones, bert, prompt, **kw)
+    first = next(streamed)
+    assert [first, *streamed] == t2s.generate(model, phones, bert, prompt, **kw)
+
+
+# ------------------------------------------------------------------------ conversion, config, loading
+
+
+def test_args_from_checkpoint_config(small):
+    _, model, _ = small
+    assert model.args.n_layer == 2 and model.args.phoneme_vocab_size == 732 and model.args.head == 16
+    assert model.args.early_stop_num == 50 * 54
+    v1 = t2s.ModelArgs.from_checkpoint_config(oracle.make_config(phoneme_vocab_size=512, n_layer=12))
+    assert (v1.phoneme_vocab_size, v1.n_layer) == (512, 12)
+
+
+def test_load_model_caches_conversion_and_accepts_the_folder(small):
+    _, model, path = small
+    folder = path.with_suffix(".mlx")
+    assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
+    again = t2s.load_model(folder)
+    assert mx.array_equal(again.ar_predict_layer.weight, model.ar_predict_layer.weight)
+    assert again.ar_predict_layer.weight.dtype == mx.float32
+
+
+def test_cli_convert(small, tmp_path):
+    from dora_primespeech_mlx.cli import main
+
+    _, _, path = small
+    assert main(["convert", "--gpt", str(path), "--out", str(tmp_path / "out")]) == 0
+    assert t2s.load_model(tmp_path / "out").args.n_layer == 2
+
+
+@pytest.mark.parametrize("change", ["missing", "extra", "shape"])
+def test_strict_loading(change, tmp_path, upstream):
+    import torch
+
+    ref = oracle.build_decoder(oracle.make_config(n_layer=1), seed=0)
+    ckpt = tmp_path / "bad.ckpt"
+    oracle.save_checkpoint(ref, oracle.make_config(n_layer=1), ckpt)
+    data = torch.load(ckpt, weights_only=False)
+    if change == "missing":
+        del data["weight"]["model.h.layers.0.norm2.bias"]
+    elif change == "extra":
+        data["weight"]["model.h.layers.0.self_attn.extra"] = torch.zeros(3, dtype=torch.half)
+    else:
+        data["weight"]["model.bert_proj.bias"] = torch.zeros(7, dtype=torch.half)
+    torch.save(data, ckpt)
+    expected = {"missing": "missing", "extra": "unexpected", "shape": "wrong shape"}[change]
+    with pytest.raises(PrimeSpeechError, match=expected):
+        t2s.convert(ckpt, tmp_path / "out")
+    with pytest.raises(PrimeSpeechError, match=expected):
+        t2s.load_model(ckpt)
