@@ -1,0 +1,352 @@
+"""The synthesis engine: upstream GPT-SoVITS's `TTS.run` flow on the MLX models.
+
+For each request: the voice's prompt (reference codes, spectrogram, prompt phones and BERT features;
+cached) -> sentence cutting and segment preparation -> per segment: phones + BERT features (RoBERTa
+for Chinese, zeros otherwise), T2S with the prompt (prompt + target phones, prompt codes), SoVITS
+decode of the generated codes with the TARGET phones, the reference spectrogram and the speed factor
+-> per-fragment peak normalisation (only when the peak exceeds 1), a short fade at both ends of each
+fragment and `fragment_interval` seconds of silence after it.
+
+Segments are generated one at a time (batch 1), in order, which is what the original dora-primespeech
+node ran (`parallel_infer` off) and lets `stream` hand out each segment's audio as soon as it is decoded.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .convert import converted_dir_for, source_fingerprint
+from .errors import PrimeSpeechError
+from .voices import Voice, VoiceRegistry
+
+logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = 32000
+MAX_SAMPLE = 32767 / 32768  # the largest value that survives upstream's int16(x * 32768)
+CANCEL_POLL_CODES = 25  # T2S codes (1 s of audio) between cancellation polls inside a segment
+
+
+@dataclass
+class SynthesisOptions:
+    """Per-request settings (defaults are the original node's)."""
+
+    text_lang: str = "auto"
+    prompt_lang: str | None = None  # None: the voice's language
+    prompt_text: str | None = None  # None: the voice's transcript
+    speed: float | None = None  # None: the voice's default speed
+    top_k: int = 5
+    top_p: float = 1.0
+    temperature: float = 1.0
+    repetition_penalty: float = 1.35
+    seed: int = 233333  # -1: random
+    text_split_method: str = "cut5"
+    batch_size: int = 100  # accepted for compatibility: segments are generated one at a time
+    split_bucket: bool = True  # accepted for compatibility (bucketing only reorders batches)
+    fragment_interval: float = 0.07
+    noise_scale: float = 0.5
+    edge_fade: float = 0.005  # seconds of raised-cosine fade at both ends of each fragment; 0 = upstream
+
+
+@dataclass
+class Result:
+    """Audio for a whole request (`synthesize`) or one piece of it (`stream`)."""
+
+    audio: np.ndarray  # float32 mono in [-1, 1), 32 kHz
+    sample_rate: int
+    segment_index: int
+    is_last: bool
+    text: str
+    timings: dict[str, float] = field(default_factory=dict)
+    real_time_factor: float = 0.0
+
+
+class EmptyTextError(PrimeSpeechError):
+    """The text yields no phonemes (empty, whitespace or punctuation only)."""
+
+
+class Cancelled(PrimeSpeechError):
+    """`should_cancel` returned True: the request was abandoned (polled before each segment and every
+    CANCEL_POLL_CODES generated codes)."""
+
+
+@dataclass
+class _VoiceModels:
+    t2s: Any
+    sovits: Any
+    early_stop_num: int
+
+
+@dataclass
+class _Prompt:
+    phones: list[int]
+    bert: np.ndarray  # [1024, len(phones)]
+    codes: np.ndarray | None  # prompt semantic codes; None without a prompt text
+    refer_spec: np.ndarray  # [1025, frames]
+
+
+class Synthesizer:
+    """Text -> speech for any registered or ad-hoc voice; models loaded once and kept in LRU caches.
+
+    The encoders (HuBERT, RoBERTa + tokenizer) are shared by every voice and loaded on first need;
+    up to `max_loaded_voices` T2S/SoVITS pairs stay loaded. Official checkpoints are converted to MLX
+    once, beside the originals. One request runs at a time (calls are serialised by a lock).
+    """
+
+    def __init__(self, model_root: str | os.PathLike, *, registry: VoiceRegistry | None = None,
+                 device: str = "auto", dtype: str = "auto", max_loaded_voices: int = 3,
+                 encoder_backend: str = "auto", max_prompts: int = 16):
+        from .encoders import select_encoder_backend
+        from .runtime import select_runtime
+
+        self.model_root = Path(model_root).expanduser()
+        self.registry = registry or VoiceRegistry(self.model_root)
+        self.runtime = select_runtime(device, dtype)
+        self.device = self.runtime.device
+        self.encoders = select_encoder_backend(encoder_backend, hubert_dir=self.registry.hubert_dir,
+                                               roberta_dir=self.registry.roberta_dir, dtype=self.runtime.dtype)
+        self.encoder_backend = self.encoders.name
+        self.max_loaded_voices = max(1, int(max_loaded_voices))
+        self._voices: OrderedDict[tuple[str, str], _VoiceModels] = OrderedDict()
+        self._prompts: OrderedDict[tuple, Any] = OrderedDict()  # prompt pieces, LRU
+        self._max_prompts = 3 * max_prompts
+        self._pipeline = None
+        self._lock = threading.RLock()
+
+    # -- public API --------------------------------------------------------------------------------
+    def load_voice(self, voice: Voice) -> None:
+        """Convert (first use only) and load the voice's models, and compute its prompt features."""
+        with self._lock:
+            models = self._models(voice)
+            self._prompt(voice, voice.prompt_text, voice.prompt_lang, models)
+
+    def warmup(self, voice: Voice) -> None:
+        """Load the voice and run every stage once on a short text, so the first request is not slower."""
+        with self._lock:
+            self.load_voice(voice)
+            lang = "en" if voice.text_lang == "en" else "zh"
+            options = SynthesisOptions(text_lang=lang, fragment_interval=0.0)
+            text = "Hello." if lang == "en" else "你好。"
+            started = time.perf_counter()
+            for _ in self._run(text, voice, options, None, max_tokens=8):
+                pass
+            logger.info("voice %r warmed up in %.2fs", voice.name, time.perf_counter() - started)
+
+    def synthesize(self, text: str, voice: Voice, options: SynthesisOptions | None = None,
+                   should_cancel: Callable[[], bool] | None = None) -> Result:
+        """The whole text as one Result (raises EmptyTextError, Cancelled or PrimeSpeechError)."""
+        started = time.perf_counter()
+        pieces = list(self.stream(text, voice, options, should_cancel))
+        audio = np.concatenate([p.audio for p in pieces]).astype(np.float32, copy=False)
+        timings: dict[str, float] = {}
+        for piece in pieces:
+            for key, value in piece.timings.items():
+                if key != "total":
+                    timings[key] = timings.get(key, 0.0) + value
+        timings["total"] = time.perf_counter() - started
+        return Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=0, is_last=True,
+                      text="".join(p.text for p in pieces), timings=timings,
+                      real_time_factor=_rtf(timings["total"], audio.shape[0]))
+
+    def stream(self, text: str, voice: Voice, options: SynthesisOptions | None = None,
+               should_cancel: Callable[[], bool] | None = None) -> Iterator[Result]:
+        """One Result per segment, each yielded as soon as its audio is decoded."""
+        options = options or SynthesisOptions()
+        with self._lock:
+            yield from self._run(text, voice, options, should_cancel)
+
+    # -- the flow ----------------------------------------------------------------------------------
+    def _run(self, text: str, voice: Voice, options: SynthesisOptions,
+             should_cancel: Callable[[], bool] | None, max_tokens: int = 1500) -> Iterator[Result]:
+        from .models import t2s as t2s_mod
+
+        t_start = time.perf_counter()
+        _check_options(options)
+        text_lang = options.text_lang or voice.text_lang
+        prompt_text = voice.prompt_text if options.prompt_text is None else options.prompt_text
+        prompt_lang = options.prompt_lang or voice.prompt_lang
+        speed = float(options.speed if options.speed is not None else voice.speed)
+        pipeline = self._get_pipeline()
+        segments = pipeline.prepare(text, text_lang, options.text_split_method)
+        if not segments:
+            raise EmptyTextError(f"the text has nothing to speak: {text[:80]!r}")
+        models = self._models(voice)
+        prompt = self._prompt(voice, prompt_text, prompt_lang, models)
+        setup = time.perf_counter() - t_start
+        silence = np.zeros(int(SAMPLE_RATE * options.fragment_interval), dtype=np.float32)
+        for index, segment in enumerate(segments):
+            if should_cancel is not None and should_cancel():
+                raise Cancelled("synthesis cancelled")
+            t0 = time.perf_counter()
+            bert = pipeline.bert(segment, self.encoders)
+            t1 = time.perf_counter()
+            seed = None if options.seed < 0 else (options.seed + index) % (2 ** 32)
+            codes = []
+            for code in t2s_mod.stream_generate(
+                    models.t2s, prompt.phones + segment.phones, np.concatenate([prompt.bert, bert], axis=1),
+                    prompt.codes, top_k=options.top_k, top_p=options.top_p, temperature=options.temperature,
+                    repetition_penalty=options.repetition_penalty, early_stop_num=models.early_stop_num,
+                    max_tokens=max_tokens, seed=seed):
+                codes.append(code)
+                # a long segment takes seconds: look for a cancellation about once a second of audio
+                if should_cancel is not None and len(codes) % CANCEL_POLL_CODES == 0 and should_cancel():
+                    raise Cancelled("synthesis cancelled")
+            codes = kept_codes(codes, models.early_stop_num, max_tokens)
+            t2 = time.perf_counter()
+            audio = models.sovits.decode(np.asarray(codes, dtype=np.int64), segment.phones, prompt.refer_spec,
+                                         noise_scale=options.noise_scale, speed=speed, seed=seed)
+            t3 = time.perf_counter()
+            audio = finish_fragment(audio, silence, fade=int(options.edge_fade * SAMPLE_RATE))
+            timings = {"frontend": t1 - t0 + (setup if index == 0 else 0.0), "t2s": t2 - t1, "sovits": t3 - t2}
+            timings["total"] = sum(timings.values())
+            logger.debug("segment %d/%d %r: %d codes, %.2fs audio, %s", index + 1, len(segments),
+                         segment.text, len(codes), audio.shape[0] / SAMPLE_RATE, timings)
+            yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
+                         is_last=index == len(segments) - 1, text=segment.text, timings=timings,
+                         real_time_factor=_rtf(timings["total"], audio.shape[0]))
+
+    # -- models and caches -------------------------------------------------------------------------
+    def _models(self, voice: Voice) -> _VoiceModels:
+        key = (str(voice.gpt_path), str(voice.sovits_path))
+        if key in self._voices:
+            self._voices.move_to_end(key)
+            return self._voices[key]
+        from .models import sovits, t2s
+
+        for path, what in ((voice.gpt_path, "GPT weights"), (voice.sovits_path, "SoVITS weights")):
+            if not Path(path).exists():
+                raise PrimeSpeechError(f"voice {voice.name!r}: {what} not found at {path}; "
+                                       f"run `primespeech-mlx download --voice \"{voice.name}\"`")
+        started = time.perf_counter()
+        logger.info("loading voice %r (official checkpoints are converted to MLX on first use)", voice.name)
+        t2s_model = t2s.load_model(voice.gpt_path)
+        sovits_model = sovits.load_model(voice.sovits_path)
+        models = _VoiceModels(t2s_model, sovits_model, _early_stop_num(t2s_model))
+        logger.info("voice %r loaded in %.2fs (SoVITS %s)", voice.name, time.perf_counter() - started,
+                    sovits_model.version)
+        self._voices[key] = models
+        while len(self._voices) > self.max_loaded_voices:
+            evicted, _ = self._voices.popitem(last=False)
+            logger.info("unloading voice models %s (max_loaded_voices=%d)", evicted[0], self.max_loaded_voices)
+        return models
+
+    def _prompt(self, voice: Voice, prompt_text: str, prompt_lang: str, models: _VoiceModels) -> _Prompt:
+        """The prompt: transcript phones + BERT (cached per text), and the reference clip's semantic codes
+        and spectrogram (cached per clip content and SoVITS model)."""
+        ref = Path(voice.ref_audio)
+        try:
+            stat = ref.stat()
+        except FileNotFoundError as exc:
+            raise PrimeSpeechError(f"voice {voice.name!r}: reference audio not found at {ref}") from exc
+        ref_key = (str(ref), stat.st_size, stat.st_mtime_ns, str(voice.sovits_path))
+        text_key = (prompt_text, prompt_lang)
+        phones, bert = self._cached(text_key, lambda: self._prompt_features(prompt_text, prompt_lang))
+        spec = self._cached(("spec", *ref_key[:3]), lambda: self._spectrogram(ref))
+        codes = self._cached(ref_key, lambda: self._semantic(ref, voice, models)) if phones else None
+        return _Prompt(phones=phones, bert=bert, codes=codes, refer_spec=spec)
+
+    def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        if key in self._prompts:
+            self._prompts.move_to_end(key)
+            return self._prompts[key]
+        value = compute()
+        self._prompts[key] = value
+        while len(self._prompts) > self._max_prompts:
+            self._prompts.popitem(last=False)
+        return value
+
+    def _prompt_features(self, prompt_text: str, prompt_lang: str) -> tuple[list[int], np.ndarray]:
+        """Phones and BERT features of the transcript, with a final stop added as upstream does; none
+        for an empty transcript (upstream then runs T2S without prompt codes)."""
+        pipeline = self._get_pipeline()
+        text = prompt_text.strip("\n")
+        if not text:
+            return [], np.zeros((1024, 0), dtype=np.float32)
+        if text[-1] not in pipeline.split_marks:
+            text += "." if prompt_lang == "en" else "。"
+        segment = pipeline.phonemize(text, prompt_lang)
+        return list(segment.phones), pipeline.bert(segment, self.encoders)
+
+    def _semantic(self, ref: Path, voice: Voice, models: _VoiceModels) -> np.ndarray:
+        """The reference clip's semantic codes (HuBERT + the voice's SoVITS `extract_latent`), also kept on
+        disk beside the converted SoVITS weights, so that a restarted node need not load HuBERT."""
+        from .features import PromptCache, prompt_semantic
+
+        def compute() -> dict[str, np.ndarray]:
+            started = time.perf_counter()
+            codes = prompt_semantic(self.encoders.hubert_model(), models.sovits, ref)
+            logger.info("reference %s: %d prompt codes in %.2fs", ref.name, len(codes), time.perf_counter() - started)
+            return {"codes": codes}
+
+        try:  # the codes depend on the clip (hashed by the cache), HuBERT's and SoVITS's weights
+            tag = "codes|" + "|".join(source_fingerprint(p)["hash"] for p in (self.registry.hubert_dir,
+                                                                             voice.sovits_path))
+        except OSError:
+            return compute()["codes"]
+        cache = PromptCache(persist_dir=converted_dir_for(voice.sovits_path))
+        return cache.get_or_compute(ref, "", "", compute, tag=tag)["codes"]
+
+    @staticmethod
+    def _spectrogram(ref: Path) -> np.ndarray:
+        from .audio import prepare_reference_spectrogram
+
+        return prepare_reference_spectrogram(ref)
+
+    def _get_pipeline(self):
+        if self._pipeline is None:
+            from .pipeline import TextPipeline
+
+            self._pipeline = TextPipeline(g2pw_dir=self.registry.g2pw_dir)
+        return self._pipeline
+
+
+def finish_fragment(audio: np.ndarray, silence: np.ndarray, fade: int = 0) -> np.ndarray:
+    """Upstream's per-fragment post-processing: divide by the peak when it exceeds 1, then append the
+    silence; plus (ours) a raised-cosine fade of `fade` samples at both ends, so that the step between
+    speech and silence cannot click, and a clip to [-1, 32767/32768]."""
+    audio = np.asarray(audio, dtype=np.float32)
+    peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if peak > 1.0:
+        audio = audio / np.float32(peak)
+    fade = min(fade, audio.shape[0] // 2)
+    if fade > 0:
+        audio = audio.copy()
+        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade, dtype=np.float32) + 0.5) / fade)).astype(np.float32)
+        audio[:fade] *= ramp
+        audio[-fade:] *= ramp[::-1]
+    return np.clip(np.concatenate([audio, silence]), -1.0, MAX_SAMPLE).astype(np.float32, copy=False)
+
+
+def _early_stop_num(t2s_model) -> int:
+    """50 x the checkpoint's data.max_sec, as upstream's TTS config derives it."""
+    return int(t2s_model.args.early_stop_num)
+
+
+def kept_codes(codes: list[int], early_stop_num: int, max_tokens: int) -> list[int]:
+    """The codes upstream's TTS.run decodes: it keeps `y[-idx:]`, which is every generated code when
+    EOS stopped the decoder, but drops the first one when the length limit (early_stop_num or the
+    step cap) stopped it, since the last step's code is then kept and idx counts steps from 0."""
+    limited = (early_stop_num != -1 and len(codes) > early_stop_num) or len(codes) >= max_tokens
+    return codes[1:] if limited and len(codes) > 1 else codes
+
+
+def _rtf(seconds: float, samples: int) -> float:
+    return seconds / (samples / SAMPLE_RATE) if samples else 0.0
+
+
+def _check_options(options: SynthesisOptions) -> None:
+    if options.speed is not None and not options.speed > 0:
+        raise PrimeSpeechError(f"speed must be positive, got {options.speed}")
+    if options.fragment_interval < 0:
+        raise PrimeSpeechError(f"fragment_interval must be >= 0, got {options.fragment_interval}")
+    if options.top_k < 1:
+        raise PrimeSpeechError(f"top_k must be >= 1, got {options.top_k}")

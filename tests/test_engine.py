@@ -1,0 +1,213 @@
+"""The engine on the random-weight test voice: fragments, empty text, streaming order, cancellation, caches.
+
+Upstream parity of the whole pipeline is in test_engine_parity.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from dora_primespeech_mlx.engine import (
+    MAX_SAMPLE,
+    Cancelled,
+    EmptyTextError,
+    SynthesisOptions,
+    Synthesizer,
+    finish_fragment,
+    kept_codes,
+)
+from dora_primespeech_mlx.errors import PrimeSpeechError
+from dora_primespeech_mlx.voices import VoiceRegistry
+
+THREE_SEGMENTS = "今天天气很好。我们去公园散步吧！晚上再回家吃饭。"
+
+
+# -- pure functions --------------------------------------------------------------------------------------
+def test_finish_fragment_peak_fade_silence():
+    loud = np.array([0.5, -2.0, 1.0, 0.25], dtype=np.float32)
+    out = finish_fragment(loud, np.zeros(3, np.float32))
+    np.testing.assert_array_equal(out, [0.25, -1.0, 0.5, 0.125, 0, 0, 0])  # divided by the peak 2
+    quiet = np.full(100, 0.5, dtype=np.float32)
+    np.testing.assert_array_equal(finish_fragment(quiet, np.zeros(0, np.float32)), quiet)  # peak <= 1: as is
+    faded = finish_fragment(np.ones(100, np.float32), np.zeros(5, np.float32), fade=10)
+    assert faded.dtype == np.float32 and faded.shape == (105,)
+    assert 0 < faded[0] < 0.05 and 0 < faded[99] < 0.05 and faded[50] == MAX_SAMPLE  # clipped below 1
+    assert np.all(np.diff(faded[:10]) > 0) and np.all(faded[100:] == 0)
+
+
+def test_kept_codes_follows_upstreams_slice():
+    codes = list(range(10, 62))
+    assert kept_codes(codes[:30], early_stop_num=50, max_tokens=1500) == codes[:30]  # stopped by EOS
+    assert kept_codes(codes[:51], early_stop_num=50, max_tokens=1500) == codes[1:51]  # stopped by the limit
+    assert kept_codes(codes[:8], early_stop_num=-1, max_tokens=8) == codes[1:8]  # stopped by the step cap
+    assert kept_codes([0], early_stop_num=50, max_tokens=1) == [0]
+
+
+# -- on the test voice ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def voice_files():
+    from dora_primespeech_mlx.oracle.voice import shared_test_voice
+
+    return shared_test_voice()
+
+
+@pytest.fixture(scope="module")
+def engine(voice_files):
+    engine = Synthesizer(voice_files.model_root, registry=VoiceRegistry(voice_files.model_root))
+    engine.load_voice(engine.registry.get("test"))
+    return engine
+
+
+@pytest.fixture
+def short_t2s(monkeypatch):
+    """Spy on T2S generation (and cap it at 12 steps to keep the tests quick): records each call."""
+    from dora_primespeech_mlx.models import t2s
+
+    real = t2s.stream_generate
+    calls = []
+
+    def spy(model, phones, bert, prompt, **kwargs):
+        calls.append({"seed": kwargs.get("seed"), "phones": list(phones), "prompt": prompt})
+        kwargs["max_tokens"] = min(kwargs.get("max_tokens", 1500), 12)
+        return real(model, phones, bert, prompt, **kwargs)
+
+    monkeypatch.setattr(t2s, "stream_generate", spy)
+    return calls
+
+
+def test_engine_reports_device_and_backend(engine):
+    assert engine.device == "cpu" and engine.encoder_backend == "mlx"
+
+
+@pytest.mark.parametrize("text", ["", "   ", "。！？", "……，，", "\n\n"])
+def test_text_without_phonemes_is_an_error_not_silence(engine, short_t2s, text):
+    with pytest.raises(EmptyTextError):
+        engine.synthesize(text, engine.registry.get("test"), SynthesisOptions(text_lang="zh"))
+    assert short_t2s == []
+
+
+def test_unsupported_language_and_bad_options(engine):
+    voice = engine.registry.get("test")
+    with pytest.raises(PrimeSpeechError, match="not supported"):
+        engine.synthesize("こんにちは", voice, SynthesisOptions(text_lang="ja"))
+    with pytest.raises(PrimeSpeechError, match="speed must be positive"):
+        engine.synthesize("你好。", voice, SynthesisOptions(speed=0))
+    with pytest.raises(PrimeSpeechError, match="unknown voice"):
+        engine.registry.get("nobody")
+
+
+def test_stream_yields_first_piece_before_the_rest_is_computed(engine, short_t2s):
+    voice = engine.registry.get("test")
+    options = SynthesisOptions(text_lang="zh", fragment_interval=0.3)
+    stream = engine.stream(THREE_SEGMENTS, voice, options)
+    first = next(stream)
+    assert len(short_t2s) == 1  # only the first segment's codes exist so far
+    assert first.segment_index == 0 and not first.is_last and first.text == "今天天气很好。"
+    rest = list(stream)
+    assert len(short_t2s) == 3 and [r.segment_index for r in rest] == [1, 2] and rest[-1].is_last
+    pieces = [first, *rest]
+    for piece in pieces:
+        assert piece.sample_rate == 32000 and piece.audio.dtype == np.float32
+        assert -1.0 <= piece.audio.min() and piece.audio.max() <= MAX_SAMPLE
+        assert np.all(piece.audio[-int(0.3 * 32000):] == 0)  # the fragment interval
+        assert abs(piece.audio[0]) < 1e-3  # faded in: no step from the previous piece's silence
+        assert set(piece.timings) == {"frontend", "t2s", "sovits", "total"} and piece.real_time_factor > 0
+    assert [c["seed"] for c in short_t2s] == [233333, 233334, 233335]  # one seed per segment
+    whole = engine.synthesize(THREE_SEGMENTS, voice, options)  # same seeds per segment: same audio
+    np.testing.assert_array_equal(whole.audio, np.concatenate([p.audio for p in pieces]))
+    assert whole.is_last and whole.text == THREE_SEGMENTS
+
+
+def test_cancellation_at_segment_boundaries(engine, short_t2s):
+    voice = engine.registry.get("test")
+    with pytest.raises(Cancelled):
+        engine.synthesize(THREE_SEGMENTS, voice, SynthesisOptions(text_lang="zh"), should_cancel=lambda: True)
+    assert short_t2s == []
+    polls = []
+
+    def after_first_piece():
+        polls.append(1)
+        return len(polls) > 1
+
+    stream = engine.stream(THREE_SEGMENTS, voice, SynthesisOptions(text_lang="zh"), should_cancel=after_first_piece)
+    next(stream)
+    with pytest.raises(Cancelled):
+        next(stream)
+    assert len(short_t2s) == 1
+
+
+def test_cancellation_inside_a_long_segment(engine, monkeypatch):
+    from dora_primespeech_mlx import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "CANCEL_POLL_CODES", 5)
+    polls = []
+
+    def on_second_poll():
+        polls.append(1)
+        return len(polls) == 2  # the first poll is before the segment, the second after 5 codes
+
+    with pytest.raises(Cancelled):
+        engine.synthesize("你好。", engine.registry.get("test"), SynthesisOptions(text_lang="zh"),
+                          should_cancel=on_second_poll)
+    assert len(polls) == 2
+
+
+def test_speed_prompt_and_language_options(engine, short_t2s):
+    from dataclasses import replace
+
+    voice = engine.registry.get("test")
+    base = SynthesisOptions(text_lang="zh", noise_scale=0.0, top_k=1, fragment_interval=0.0)
+    normal = engine.synthesize("你好，世界。", voice, base).audio
+    fast = engine.synthesize("你好，世界。", voice, replace(base, speed=2.0)).audio
+    assert fast.shape[0] < 0.6 * normal.shape[0]  # the decoder's length scales with 1 / speed
+    engine.synthesize("你好，世界。", voice, replace(base, prompt_text="完全不同的参考文本。"))
+    english = engine.synthesize("Hello world, how are you?", voice, replace(base, text_lang="en")).audio
+    assert english.shape[0] > 0
+    # T2S gets the transcript's phones + the target's, and the reference clip's codes whatever the transcript
+    pipeline = engine._get_pipeline()
+    target = pipeline.prepare("你好，世界。", "zh")[0].phones
+    english_target = pipeline.prepare("Hello world, how are you?", "en")[0].phones
+    own, other, en = short_t2s[0]["phones"], short_t2s[2]["phones"], short_t2s[3]["phones"]
+    assert own[-len(target):] == other[-len(target):] == target
+    assert en[-len(english_target):] == english_target and en[: -len(english_target)] == own[: -len(target)]
+    assert other[: -len(target)] == pipeline.phonemize("完全不同的参考文本。", "zh").phones != own[: -len(target)]
+    np.testing.assert_array_equal(short_t2s[0]["prompt"], short_t2s[2]["prompt"])
+
+
+def test_voice_models_are_cached_and_bounded(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from dora_primespeech_mlx.models import sovits, t2s
+
+    loads = []
+    monkeypatch.setattr(t2s, "load_model", lambda p: loads.append(p) or SimpleNamespace(
+        args=SimpleNamespace(early_stop_num=2700)))
+    monkeypatch.setattr(sovits, "load_model", lambda p: SimpleNamespace(version="v2"))
+    reg = VoiceRegistry(tmp_path)
+    for name in ("Maple", "Cove", "Ellen"):
+        voice = reg.get(name)
+        for path in (voice.gpt_path, voice.sovits_path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x")
+    engine = Synthesizer(tmp_path, registry=reg, max_loaded_voices=2)
+    for name in ("Maple", "Cove", "Maple", "Ellen", "Maple", "Cove"):
+        assert engine._models(reg.get(name)).early_stop_num == 2700
+    assert [p.name for p in loads] == ["maple_best_gpt.ckpt", "cove_best_gpt.ckpt", "ellen_best_gpt.ckpt",
+                                       "cove_best_gpt.ckpt"]
+    with pytest.raises(PrimeSpeechError, match="primespeech-mlx download --voice \"Trump\""):
+        engine._models(reg.get("Trump"))
+
+
+def test_missing_reference_audio(engine, tmp_path):
+    from dataclasses import replace
+
+    voice = replace(engine.registry.get("test"), ref_audio=tmp_path / "gone.wav")
+    with pytest.raises(PrimeSpeechError, match="reference audio not found"):
+        engine.synthesize("你好。", voice)
+    with pytest.raises(EmptyTextError):  # the text is looked at first: empty is empty, whatever the voice
+        engine.synthesize("。", replace(voice, gpt_path=tmp_path / "gone.ckpt"))
+
+
+def test_warmup_runs_every_stage(engine):
+    engine.warmup(engine.registry.get("test"))

@@ -1,0 +1,140 @@
+"""The voice registry: the original's 15 built-in voices, the model-root layout, user voices, ad-hoc voices."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from dora_primespeech_mlx.errors import PrimeSpeechError
+from dora_primespeech_mlx.voices import VoiceRegistry, builtin_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+# (name, file stem, language, speed) as in mofa-studio's dora-primespeech config.py VOICE_CONFIGS
+ORIGINAL = [
+    ("Doubao", None, "zh", 1.1), ("Luo Xiang", "luoxiang", "zh", 1.1), ("Yang Mi", "yangmi", "zh", 1.1),
+    ("Zhou Jielun", "zhoujielun", "zh", 1.1), ("Ma Yun", "mayun", "zh", 1.1), ("Chen Yifan", "yfc", "zh", 1.1),
+    ("Zhao Daniu", "dnz", "zh", 1.1), ("Maple", "maple", "en", 1.0), ("Cove", "cove", "en", 1.0),
+    ("BYS", "bys", "zh", 1.1), ("Ellen", "ellen", "en", 1.1), ("Juniper", "juniper", "en", 1.1),
+    ("Ma Baoguo", "mabaoguo", "zh", 1.1), ("Shen Yi", "shenyi", "zh", 1.1), ("Trump", "trump", "en", 1.1),
+]
+
+
+def _touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_repo_copy_is_identical_to_packaged_copy():
+    packaged = REPO / "dora_primespeech_mlx" / "configs" / "voices.json"
+    assert (REPO / "configs" / "voices.json").read_bytes() == packaged.read_bytes()
+    assert json.loads(packaged.read_text("utf-8")) == builtin_config()
+
+
+def test_builtin_voices_match_the_original(tmp_path):
+    reg = VoiceRegistry(tmp_path)
+    assert reg.names() == [name for name, *_ in ORIGINAL]
+    assert reg.default_voice == "Doubao" and reg.repository == "MoYoYoTech/tone-models"
+    for name, stem, lang, speed in ORIGINAL:
+        voice = reg.get(name)
+        assert (voice.text_lang, voice.prompt_lang, voice.speed) == (lang, lang, speed)
+        assert voice.prompt_text and voice.prompt_text[-1] not in " \n"
+        if stem:
+            assert voice.gpt_path == tmp_path / "moyoyo" / "GPT_weights" / f"{stem}_best_gpt.ckpt"
+            assert voice.sovits_path == tmp_path / "moyoyo" / "SoVITS_weights" / f"{stem}_best_sovits.pth"
+            assert voice.ref_audio == tmp_path / "moyoyo" / "ref_audios" / f"{stem}_ref.wav"
+    doubao = reg.get("Doubao")
+    assert doubao.gpt_path.name == "doubao-mixed.ckpt" and doubao.sovits_path.name == "doubao-mixed.pth"
+    assert doubao.ref_audio.name == "doubao_ref_mix_new.wav"
+    assert doubao.prompt_text == "这家resturant的steak很有名，但是vegetable salad的price有点贵"
+    assert reg.hubert_dir == tmp_path / "moyoyo" / "chinese-hubert-base"
+    assert reg.roberta_dir == tmp_path / "moyoyo" / "chinese-roberta-wwm-ext-large"
+    assert reg.g2pw_dir == tmp_path / "G2PWModel"
+
+
+@pytest.mark.parametrize("alias,name", [("luoxiang", "Luo Xiang"), ("LuoXiang", "Luo Xiang"),
+                                        ("luo_xiang", "Luo Xiang"), ("yfc", "Chen Yifan"), ("Yifan", "Chen Yifan"),
+                                        ("Daniu", "Zhao Daniu"), ("dnz", "Zhao Daniu"), ("doubao", "Doubao"),
+                                        ("TRUMP", "Trump")])
+def test_lookup_is_forgiving(tmp_path, alias, name):
+    assert VoiceRegistry(tmp_path).get(alias).name == name
+
+
+def test_unknown_voice_names_the_known_ones(tmp_path):
+    with pytest.raises(PrimeSpeechError, match="unknown voice 'Nobody'; known: Doubao, Luo Xiang"):
+        VoiceRegistry(tmp_path).get("Nobody")
+
+
+def test_installed_needs_voice_files_and_shared_encoders(tmp_path):
+    reg = VoiceRegistry(tmp_path)
+    voice = reg.get("Maple")
+    assert not reg.installed("Maple")
+    for path in (voice.gpt_path, voice.sovits_path, voice.ref_audio):
+        _touch(path)
+    assert [p.name for p in reg.missing_files("Maple")] == [
+        "config.json", "pytorch_model.bin", "config.json", "pytorch_model.bin", "tokenizer.json"]
+    for path in reg.encoder_files():
+        _touch(path)
+    assert reg.installed("Maple") and not reg.installed("Cove")
+
+
+def test_user_voices_file(tmp_path):
+    own = _touch(tmp_path / "elsewhere" / "me.wav")
+    user = tmp_path / "mine.json"
+    user.write_text(json.dumps({"voices": {
+        "Me": {"gpt_weights": "GPT_weights/me.ckpt", "sovits_weights": "SoVITS_weights/me.pth",
+               "reference_audio": str(own), "prompt_text": "hello there", "prompt_lang": "en",
+               "text_lang": "en", "speed_factor": 0.9, "aliases": ["myself"]},
+        "Maple": {"gpt_weights": "/abs/maple.ckpt", "sovits_weights": "/abs/maple.pth",
+                  "reference_audio": "/abs/maple.wav", "prompt_text": "replaced"},
+    }}))
+    reg = VoiceRegistry(tmp_path / "root", user)
+    me = reg.get("myself")
+    assert me.name == "Me" and me.speed == 0.9 and me.text_lang == "en"
+    assert me.gpt_path == tmp_path / "root" / "moyoyo" / "GPT_weights" / "me.ckpt"
+    assert me.ref_audio == own
+    assert reg.get("Maple").prompt_text == "replaced" and not reg.is_builtin("Maple")
+    assert reg.names()[-1] == "Maple" and "Me" in reg.names() and len(reg.names()) == 16
+
+
+def test_bare_mapping_and_auto_discovered_file(tmp_path):
+    entry = {"gpt_weights": "a.ckpt", "sovits_weights": "a.pth", "reference_audio": "a.wav", "prompt_text": "好。"}
+    (tmp_path / "voices.json").write_text(json.dumps({"A": entry, "Broken": {"gpt_weights": "x"}}))
+    reg = VoiceRegistry(tmp_path)  # <root>/voices.json is read; a bad entry there is skipped
+    assert reg.get("A").prompt_lang == "auto" and "Broken" not in reg.names()
+
+
+@pytest.mark.parametrize("content,match", [
+    ("{not json", "cannot read user voices file"),
+    (json.dumps({"voices": {"X": {"gpt_weights": "x"}}}), "voice 'X' lacks sovits_weights"),
+    (json.dumps({"voices": {"X": {"gpt_weights": "a", "sovits_weights": "b", "reference_audio": "c",
+                                  "prompt_text": "d", "speed_factor": "fast"}}}), "non-numeric speed_factor"),
+    (json.dumps([1, 2]), "expected"),
+])
+def test_explicit_user_file_errors_are_loud(tmp_path, content, match):
+    path = tmp_path / "v.json"
+    path.write_text(content)
+    with pytest.raises(PrimeSpeechError, match=match):
+        VoiceRegistry(tmp_path, path)
+    with pytest.raises(PrimeSpeechError, match="user voices file not found"):
+        VoiceRegistry(tmp_path, tmp_path / "missing.json")
+
+
+def test_custom_and_trained_voices(tmp_path):
+    reg = VoiceRegistry(tmp_path)
+    ref = _touch(tmp_path / "clip.wav")
+    custom = reg.custom(ref, "参考文本。", "fr")
+    doubao = reg.get("Doubao")
+    assert (custom.name, custom.gpt_path, custom.sovits_path) == ("CUSTOM", doubao.gpt_path, doubao.sovits_path)
+    assert (custom.prompt_lang, custom.text_lang, custom.speed, custom.ref_audio) == ("auto", "auto", 1.1, ref)
+    assert reg.custom(ref, "hi.", "en").prompt_lang == "en"
+    gpt, sov = _touch(tmp_path / "g.ckpt"), _touch(tmp_path / "s.pth")
+    trained = reg.custom(ref, "hi.", "zh", gpt_path=gpt, sovits_path=sov)
+    assert (trained.name, trained.gpt_path, trained.sovits_path, trained.text_lang) == ("TRAINED", gpt, sov, "zh")
+    with pytest.raises(PrimeSpeechError, match="reference audio not found"):
+        reg.custom(tmp_path / "nope.wav", "x", "zh")
+    with pytest.raises(PrimeSpeechError, match="GPT weights not found"):
+        reg.custom(ref, "x", "zh", gpt_path=tmp_path / "nope.ckpt", sovits_path=sov)
