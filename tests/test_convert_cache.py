@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_primespeech_mlx.convert import converted_dir_for, ensure_converted, is_fresh, load_converted, save_converted
+from dora_primespeech_mlx.convert import (
+    converted_dir_for,
+    ensure_converted,
+    is_fresh,
+    load_converted,
+    save_converted,
+)
 
 
 def _converter(calls):
