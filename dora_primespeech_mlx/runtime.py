@@ -45,6 +45,9 @@ def preload_openblas() -> str | None:
     if "mlx.core" in sys.modules:
         _OPENBLAS_STATE["why"] = "mlx.core was imported before dora_primespeech_mlx"
         return None
+    # One BLAS thread unless the user says otherwise: with two, OpenBLAS's spinning workers fight MLX,
+    # a second model or torch for the cores, and a busy 2-core machine ran the engine 4x slower.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     errors = []
     for path in _openblas_candidates():
         try:
