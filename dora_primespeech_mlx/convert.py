@@ -122,6 +122,27 @@ def load_converted(out_dir: str | os.PathLike):
     return weights, config
 
 
+def is_converted(folder: str | os.PathLike, kind: str) -> bool:
+    """True if `folder` is a converted model folder of `kind` (not an official one)."""
+    try:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text())
+    except (FileNotFoundError, NotADirectoryError, json.JSONDecodeError):
+        return False
+    return config.get("conversion", {}).get("kind") == kind
+
+
+def converted_model_folder(path: str | os.PathLike, kind: str, convert: Callable[[Path, Path], Any],
+                           out_dir: str | os.PathLike | None = None) -> Path:
+    """The converted folder for a model folder (or a file inside it): used as is when already converted,
+    else converted once into its cache."""
+    path = Path(path)
+    if path.is_file():
+        path = path.parent
+    if out_dir is None and is_converted(path, kind):
+        return path
+    return ensure_converted(path, kind, convert, out_dir)
+
+
 def ensure_converted(source: str | os.PathLike, kind: str,
                      convert: Callable[[Path, Path], Any], out_dir: str | os.PathLike | None = None) -> Path:
     """Convert `source` once into its cache folder; reuse it while the source is unchanged."""

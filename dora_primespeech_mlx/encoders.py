@@ -132,11 +132,10 @@ def _load_coreml(folders: dict[str, Path], compute_units: str) -> tuple[dict[str
     """(Core ML models by kind, "") when Core ML can run both packages here, else (None, why not)."""
     if not running_on_macos():
         return None, f"Core ML runs only on macOS (this is {sys.platform})"
-    from .convert import converted_dir_for, is_fresh
+    from .convert import converted_dir_for, is_converted, is_fresh
     from .coreml import require_coremltools
     from .coreml.export import package_path, package_problem
     from .coreml.runtime import load_mlmodel
-    from .models.hubert import is_converted
 
     try:
         require_coremltools()

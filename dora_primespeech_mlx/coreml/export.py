@@ -63,7 +63,7 @@ def _model_module(kind: str):
 def converted_folder(kind: str, folder: str | os.PathLike) -> Path:
     """The converted MLX folder of an official encoder folder, converting it first if needed (cached);
     a converted folder is taken as it is."""
-    from ..models.hubert import is_converted
+    from ..convert import is_converted
 
     folder = Path(folder)
     module = _model_module(kind)

@@ -25,7 +25,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..convert import CONFIG_FILE, ensure_converted, load_converted, save_converted
+from ..convert import CONFIG_FILE, converted_model_folder, load_converted, save_converted
 from ..errors import PrimeSpeechError
 from .base import BaseModelArgs, load_weights_strict
 
@@ -493,29 +493,14 @@ def _convert_folder(source: Path, out: Path) -> None:
     save_converted(out, weights, {"model_type": "hubert", **args.to_dict()}, kind=KIND, source=source)
 
 
-def is_converted(folder: Path, kind: str) -> bool:
-    """True if `folder` is a converted model folder of `kind` (not an official one)."""
-    try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return False
-    return config.get("conversion", {}).get("kind") == kind
-
-
 def convert(source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Convert the official chinese-hubert-base folder (cached; skipped when unchanged). Returns the folder."""
-    source = Path(source)
-    if source.is_file():
-        source = source.parent
-    return ensure_converted(source, KIND, _convert_folder, out_dir)
+    return converted_model_folder(source, KIND, _convert_folder, out_dir)
 
 
 def load_model(path: str | os.PathLike, dtype: mx.Dtype = mx.float32) -> Model:
     """Load HuBERT from the official folder (converted once, cached) or from a converted folder."""
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    folder = path if is_converted(path, KIND) else convert(path)
+    folder = converted_model_folder(path, KIND, _convert_folder)
     weights, config = load_converted(folder)
     model = Model(ModelArgs.from_dict(config))
     weights = {k: v.astype(dtype) for k, v in weights.items()}

@@ -19,10 +19,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..convert import ensure_converted, load_converted, save_converted
+from ..convert import converted_model_folder, load_converted, save_converted
 from ..errors import PrimeSpeechError
 from .base import BaseModelArgs, load_weights_strict
-from .hubert import check_against_model, gelu, is_converted, read_hf_config, read_hf_weights, storage_dtype
+from .hubert import check_against_model, gelu, read_hf_config, read_hf_weights, storage_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -232,18 +232,12 @@ def _convert_folder(source: Path, out: Path) -> None:
 
 def convert(source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
     """Convert the official chinese-roberta-wwm-ext-large folder (cached; skipped when unchanged)."""
-    source = Path(source)
-    if source.is_file():
-        source = source.parent
-    return ensure_converted(source, KIND, _convert_folder, out_dir)
+    return converted_model_folder(source, KIND, _convert_folder, out_dir)
 
 
 def load_model(path: str | os.PathLike, dtype: mx.Dtype = mx.float32) -> Model:
     """Load the BERT encoder from the official folder (converted once, cached) or a converted folder."""
-    path = Path(path)
-    if path.is_file():
-        path = path.parent
-    folder = path if is_converted(path, KIND) else convert(path)
+    folder = converted_model_folder(path, KIND, _convert_folder)
     weights, config = load_converted(folder)
     model = Model(ModelArgs.from_dict(config))
     load_weights_strict(model, {k: v.astype(dtype) for k, v in weights.items()}, f"BERT ({folder})")
