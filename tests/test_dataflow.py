@@ -186,3 +186,17 @@ def test_make_run_without_voices_stops_with_one_clear_message(tmp_path):
     assert 'primespeech-mlx download --voice "Luo Xiang"' in proc.stderr
     assert "make run VOICE=test" in proc.stderr
     assert not (tmp_path / "moyoyo").exists()
+
+
+@pytest.mark.parametrize("flow", sorted(p.name for p in DATAFLOWS.glob("*.yml")))
+def test_every_shipped_input_is_lossless(flow):
+    """dora 1.1's direct node-to-node path drops messages under load (CongestionControl::Drop): a lost
+    text is never answered and a lost segment_complete stalls the sender, so every input of the shipped
+    flows asks for `queue_policy: backpressure`, which keeps it on the daemon's path."""
+    yaml = pytest.importorskip("yaml")
+    nodes = yaml.safe_load((DATAFLOWS / flow).read_text("utf-8"))["nodes"]
+    inputs = {f"{node['id']}/{name}": spec for node in nodes for name, spec in (node.get("inputs") or {}).items()}
+    assert inputs
+    lossy = [name for name, spec in inputs.items()
+             if not isinstance(spec, dict) or spec.get("queue_policy") != "backpressure"]
+    assert not lossy, f"{flow}: inputs without queue_policy: backpressure: {lossy}"
