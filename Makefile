@@ -13,7 +13,7 @@ ORACLE_DEPS := einops tqdm packaging torchmetrics wordsegment tokenizers cn2an g
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml setup.py Makefile dora_primespeech_mlx/native/gemv_forward.c
 	@bash .ci/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
@@ -29,7 +29,8 @@ lint: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	# one BLAS thread: the suite runs torch and MLX side by side in one process
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
 
 # VOICE, TEXT, TEXT_FILE and NAME given on the command line reach scripts/run.py through the environment.
 run: $(STAMP)

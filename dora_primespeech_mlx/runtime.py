@@ -15,12 +15,13 @@ import os
 import sys
 import sysconfig
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import PrimeSpeechError
 
 logger = logging.getLogger(__name__)
 
-_OPENBLAS_STATE: dict[str, str | None] = {"path": None, "why": "not attempted"}
+_OPENBLAS_STATE: dict[str, Any] = {"path": None, "why": "not attempted"}
 
 
 def _openblas_candidates() -> list[str]:
@@ -35,6 +36,23 @@ def _openblas_candidates() -> list[str]:
     return found
 
 
+def auto_blas_threads() -> int:
+    """OpenBLAS threads for this process: the cores it may use that are idle now (at least one).
+
+    OpenBLAS's workers spin between calls: on idle cores two threads decode the T2S GPT 1.7x faster
+    than one, but with one core taken by another process they ran it 1.7x slower than one thread.
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:
+        busy = 0.0
+    return max(1, min(cores, int(cores - busy + 0.5)))
+
+
 def preload_openblas() -> str | None:
     """Load OpenBLAS globally on Linux before MLX is imported. Returns the library path or None."""
     if _OPENBLAS_STATE["path"] or not sys.platform.startswith("linux"):
@@ -45,16 +63,21 @@ def preload_openblas() -> str | None:
     if "mlx.core" in sys.modules:
         _OPENBLAS_STATE["why"] = "mlx.core was imported before dora_primespeech_mlx"
         return None
-    # One BLAS thread unless the user says otherwise: with two, OpenBLAS's spinning workers fight MLX,
-    # a second model or torch for the cores, and a busy 2-core machine ran the engine 4x slower.
-    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    if not os.environ.get("OPENBLAS_NUM_THREADS"):
+        os.environ["OPENBLAS_NUM_THREADS"] = str(auto_blas_threads())
+        _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (auto)"
+    else:
+        _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (OPENBLAS_NUM_THREADS)"
     errors = []
     for path in _openblas_candidates():
         try:
-            ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            openblas = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
         except OSError as exc:
             errors.append(str(exc))
             continue
+        # the forwarder must enter the global scope before OpenBLAS for its cblas_sgemm to win
+        _OPENBLAS_STATE["gemv_forward"] = _load_gemv_forward(openblas)
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         _OPENBLAS_STATE.update(path=path, why="loaded")
         return path
     if errors:
@@ -65,10 +88,46 @@ def preload_openblas() -> str | None:
     return None
 
 
+def _gemv_forward_library() -> str | None:
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
+    found = sorted(glob.glob(os.path.join(folder, "_gemv_forward*.so")))
+    return found[0] if found else None
+
+
+def _load_gemv_forward(openblas: ctypes.CDLL) -> str | None:
+    """Load native/gemv_forward.c's library globally and bind it to `openblas`; its path, or None when
+    it was not built (no C compiler at install time) or does not load: then sgemm serves every product."""
+    path = _gemv_forward_library()
+    if path is None:
+        return None
+    try:
+        forward = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        pointers = [ctypes.cast(getattr(openblas, name), ctypes.c_void_p) for name in ("cblas_sgemm", "cblas_sgemv")]
+        if forward.primespeech_bind_blas(*pointers) != 0:
+            raise OSError("binding to OpenBLAS failed")
+    except (OSError, AttributeError) as exc:
+        logger.warning("gemv forwarding unavailable (%s): OpenBLAS's sgemm serves every product", exc)
+        return None
+    _OPENBLAS_STATE["forward_lib"] = forward
+    return path
+
+
+def gemv_forwarded_calls() -> int | None:
+    """How many products the gemv forwarder has handed to sgemv so far; None when it is not loaded."""
+    forward = _OPENBLAS_STATE.get("forward_lib")
+    if forward is None:
+        return None
+    forward.primespeech_forwarded_calls.restype = ctypes.c_long
+    return int(forward.primespeech_forwarded_calls())
+
+
 def openblas_status() -> str:
     """A short human-readable account of the BLAS that MLX's CPU backend uses."""
     path = _OPENBLAS_STATE["path"]
-    return f"openblas: {path}" if path else f"reference BLAS ({_OPENBLAS_STATE['why']})"
+    if not path:
+        return f"reference BLAS ({_OPENBLAS_STATE['why']})"
+    return (f"openblas: {path}, {_OPENBLAS_STATE.get('threads', 'default threads')}"
+            + (", gemv forwarding" if _OPENBLAS_STATE.get("gemv_forward") else ""))
 
 
 @dataclass(frozen=True)
