@@ -8,12 +8,15 @@ imported makes MLX's cblas calls resolve to it. `dora_primespeech_mlx/__init__.p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import glob
 import logging
 import os
 import sys
 import sysconfig
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,6 +131,52 @@ def openblas_status() -> str:
         return f"reference BLAS ({_OPENBLAS_STATE['why']})"
     return (f"openblas: {path}, {_OPENBLAS_STATE.get('threads', 'default threads')}"
             + (", gemv forwarding" if _OPENBLAS_STATE.get("gemv_forward") else ""))
+
+
+def _openblas_thread_api():
+    """OpenBLAS's (get, set) thread-count functions when MLX's BLAS is OpenBLAS, else None."""
+    try:
+        lib = ctypes.CDLL(None)
+        get, set_ = lib.openblas_get_num_threads, lib.openblas_set_num_threads
+    except (OSError, AttributeError):
+        return None
+    get.restype = ctypes.c_int
+    set_.argtypes = [ctypes.c_int]
+    return get, set_
+
+
+def blas_thread_count() -> int | None:
+    """OpenBLAS's current thread count, or None when MLX does not use OpenBLAS."""
+    api = _openblas_thread_api()
+    return int(api[0]()) if api else None
+
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS: dict[str, Any] = {"count": 0, "restore": None}
+
+
+@contextlib.contextmanager
+def blas_threads(n: int) -> Iterator[None]:
+    """Run the enclosed (evaluated) MLX work with OpenBLAS limited to `n` threads, for code that
+    spreads independent products over several MLX streams itself; a no-op for other BLAS.
+    Nested and overlapping users (threads) share the setting; the last one out restores the old count."""
+    api = _openblas_thread_api()
+    if api is None:
+        yield
+        return
+    get, set_ = api
+    with _BLAS_LOCK:
+        if _BLAS_USERS["count"] == 0:
+            _BLAS_USERS["restore"] = get()
+        _BLAS_USERS["count"] += 1
+        set_(n)
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS["count"] -= 1
+            if _BLAS_USERS["count"] == 0:
+                set_(_BLAS_USERS["restore"])
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,31 @@ def test_batch_and_unbatched_inputs_agree(tiny_folder):
         assert rel_err(single, oracle.hubert_reference(tiny_folder, waves[i])) <= REL_TOL
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_cpu_lanes_match_upstream(tiny_folder, lanes):
+    # On CPU the work is split over `lanes` streams (feature-encoder pieces, then time pieces of
+    # the transformer joined only by attention); any split must give upstream's result.
+    model = hubert.load_model(tiny_folder)
+    waves = np.stack([speech_like(2.1, seed=8), speech_like(2.1, seed=9)])
+    hubert.set_lane_count(lanes)
+    try:
+        assert len(hubert.lanes()) == lanes
+        ours = np.array(model(mx.array(waves)))
+    finally:
+        hubert.set_lane_count(None)
+    for i in range(2):
+        assert rel_err(ours[i], oracle.hubert_reference(tiny_folder, waves[i])) <= REL_TOL
+
+
+def test_lane_helpers():
+    assert hubert.split_range(10, 2) == [(0, 5), (5, 10)]
+    assert hubert.split_range(1, 2) == [(0, 1)]
+    assert hubert.split_range(7, 3) == [(0, 2), (2, 4), (4, 7)]
+    assert 1 <= hubert.lane_count() <= hubert.MAX_LANES
+    with pytest.raises(ValueError):
+        hubert.set_lane_count(0)
+
+
 def test_input_is_not_normalised(tiny_folder):
     # TTS.py calls the model on the raw waveform, skipping the folder's zero-mean/unit-variance
     # feature extractor: with that step an affine change of the input would change nothing.

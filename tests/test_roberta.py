@@ -136,6 +136,22 @@ def test_padding_mask_matches_single_sentences(tiny_folder):
     assert rel_err(np.array(model(mx.array(b)))[0], ref) <= REL_TOL
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
+def test_cpu_lanes_match_upstream(tiny_folder, lanes):
+    # On CPU each layer's products can be split by output features over `lanes` streams.
+    from dora_primespeech_mlx.models import hubert
+
+    model = roberta.load_model(tiny_folder)
+    tokenizer = roberta.load_tokenizer(tiny_folder)
+    text = SENTENCES[0]
+    hubert.set_lane_count(lanes)
+    try:
+        ours = np.array(model(mx.array(tokenizer.encode(text).ids)))[0]
+    finally:
+        hubert.set_lane_count(None)
+    assert rel_err(ours, oracle.roberta_hidden_states(tiny_folder, text)[-3]) <= REL_TOL
+
+
 def test_upstream_loader_reads_our_folder(tiny_folder):
     # model_folder keeps the built model as the oracle; upstream's own loader must agree with it.
     from text import chinese_bert

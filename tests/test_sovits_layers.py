@@ -122,16 +122,14 @@ def test_relative_attention_matches_upstream(upstream, torch, length):
 
 
 def test_blas_threads_restores_setting():
-    from dora_primespeech_mlx.models.vits_conv import _openblas_threads, blas_threads
+    from dora_primespeech_mlx.runtime import blas_thread_count, blas_threads
 
-    fns = _openblas_threads()
-    if fns is None:
+    before = blas_thread_count()
+    if before is None:
         pytest.skip("MLX does not use OpenBLAS here")
-    get, _ = fns
-    before = get()
     with blas_threads(1):
-        assert get() == 1
+        assert blas_thread_count() == 1
         with blas_threads(1):
-            assert get() == 1
-        assert get() == 1
-    assert get() == before
+            assert blas_thread_count() == 1
+        assert blas_thread_count() == 1
+    assert blas_thread_count() == before

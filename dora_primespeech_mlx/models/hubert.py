@@ -27,6 +27,7 @@ import numpy as np
 
 from ..convert import CONFIG_FILE, converted_model_folder, load_converted, save_converted
 from ..errors import PrimeSpeechError
+from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
 
 logger = logging.getLogger(__name__)
@@ -34,48 +35,50 @@ logger = logging.getLogger(__name__)
 KIND = "hubert"
 SAMPLE_RATE = 16000
 
-# erf(x) ~ x P(x^2) / Q(x^2) on [-4, 4] (|erf| rounds to 1 in float32 beyond): our own least-squares
+# erf(y) ~ y P(y^2) / Q(y^2) on [-4, 4] (|erf| rounds to 1 in float32 beyond): our own least-squares
 # rational fit, max error 4e-7 in float32 (MLX's own erf: 4.5e-7). Built from multiply/add/divide
 # only, so a compiled kernel is several times faster on CPU than the primitive erf.
 _ERF_P = (1.1283788451, 0.20002909523, 0.053973118522, 0.0041674864938, 0.00029204062283, 1.9498986028e-06)
 _ERF_Q = (1.0, 0.51060108642, 0.11804471526, 0.01577179394, 0.0012566965953, 3.743163417e-05)
+# GELU(x) = x (1/2 + erf(x / sqrt 2) / 2) = x (1/2 + c P'(c^2) / Q'(c^2)) with c = x clipped to
+# +-4 sqrt 2 and the scalings folded into the coefficients.
+_GELU_LIMIT = 4.0 * math.sqrt(2.0)
+_GELU_P = tuple(p * 0.5**i * 0.5 / math.sqrt(2.0) for i, p in enumerate(_ERF_P))
+_GELU_Q = tuple(q * 0.5**i for i, q in enumerate(_ERF_Q))
 
 
-def _erf(x: mx.array) -> mx.array:
-    x = mx.clip(x, -4.0, 4.0)
-    z = x * x
-    p = _ERF_P[-1]
-    for c in _ERF_P[-2::-1]:
-        p = p * z + c
-    q = _ERF_Q[-1]
-    for c in _ERF_Q[-2::-1]:
-        q = q * z + c
-    return x * p / q
+def _estrin5(z: mx.array, z2: mx.array, z4: mx.array, c: tuple[float, ...]) -> mx.array:
+    # A degree-5 polynomial in z, evaluated as three independent pairs: a short dependency chain
+    # keeps MLX's compiled CPU kernel in one piece (a long Horner chain is split into several
+    # kernels with full-size intermediates between them).
+    return (c[0] + c[1] * z) + z2 * (c[2] + c[3] * z) + z4 * (c[4] + c[5] * z)
 
 
 def _gelu(x: mx.array) -> mx.array:
-    return 0.5 * x * (1.0 + _erf(x * 0.7071067811865476))
+    # clip(x, -L, L) from two absolute values: MLX's compiled CPU kernels vectorise abs, but not
+    # minimum/maximum/where (their NaN handling branches), which made the clip cost twice the rest.
+    c = 0.5 * (mx.abs(x + _GELU_LIMIT) - mx.abs(x - _GELU_LIMIT))
+    z = c * c
+    z2 = z * z
+    z4 = z2 * z2
+    return x * (0.5 + c * _estrin5(z, z2, z4, _GELU_P) / _estrin5(z, z2, z4, _GELU_Q))
 
 
 def _exp_nonpositive(x: mx.array) -> mx.array:
-    # exp(x) for x <= 0 as (e^(x/64))^64, tracking e - 1 through the squarings so values near 1 keep
-    # full precision: absolute error < 2e-7, the scale that matters for softmax weights. Uses only
-    # multiply/add, which MLX's compiled CPU kernels run far faster than its primitive exp.
-    u = mx.maximum(x, -64.0) * (1.0 / 64.0)
-    p = 1.0 / 40320.0
-    for n in range(7, 0, -1):
-        p = p * u + 1.0 / math.factorial(n)
-    q = u * p
-    for _ in range(6):
+    # exp(x) for x <= 0 as 1 / (e^v)^16 with v = -x/16 >= 0, tracking e^v - 1 (Taylor, degree 7)
+    # through the squarings so values near 1 keep full precision: absolute error < 2e-7, the scale
+    # that matters for softmax weights (the Taylor error only shows where exp(x) < 1e-7). All terms
+    # are positive, so a very negative x overflows the power to inf and gives exactly 0, with no
+    # clamp: multiply/add and one divide only, which MLX's compiled CPU kernels run far faster
+    # than its primitive exp (or a clamp).
+    v = x * (-1.0 / 16.0)
+    v2 = v * v
+    v4 = v2 * v2
+    q = v * ((1.0 + v * 0.5) + v2 * (1.0 / 6.0 + v * (1.0 / 24.0))
+             + v4 * ((1.0 / 120.0 + v * (1.0 / 720.0)) + v2 * (1.0 / 5040.0)))
+    for _ in range(4):
         q = q * (q + 2.0)
-    return q + 1.0
-
-
-def _attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    scores = (q * scale) @ k.swapaxes(-1, -2)
-    weights = _exp_nonpositive(scores - mx.max(scores, axis=-1, keepdims=True))
-    # Normalise after the value product: a pass over [T, D] instead of [T, T].
-    return (weights @ v) / mx.sum(weights, axis=-1, keepdims=True)
+    return 1.0 / (q + 1.0)
 
 
 _COMPILE_OK: list[bool] = []
@@ -95,21 +98,87 @@ def compile_available() -> bool:
 
 
 class _Fused:
-    """`fn` compiled with `mx.compile` where that works, plain otherwise."""
+    """`fn` compiled with `mx.compile` where that works, plain otherwise.
+
+    A compiled function keeps the stream it was traced on, so each stream gets its own."""
 
     def __init__(self, fn):
         self.fn = fn
-        self.compiled = mx.compile(fn)
+        self.compiled: dict[str, Any] = {}
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args):
-        return (self.compiled if compile_available() else self.fn)(*args)
+        if not compile_available():
+            return self.fn(*args)
+        stream = str(mx.default_stream(mx.default_device()))
+        if stream not in self.compiled:
+            fn = self.fn
+            self.compiled[stream] = mx.compile(lambda *a: fn(*a))  # a distinct function per stream
+        return self.compiled[stream](*args)
+
+
+MAX_LANES = 2
+_LANES: dict[str, Any] = {"count": None, "extra": []}
+
+
+def lane_count() -> int:
+    """How many CPU streams (lanes) encoder work is split over: the usable cores, at most MAX_LANES
+    (`set_lane_count` overrides it, e.g. 1 to keep an encoder on one core).
+
+    MLX runs each CPU stream on its own thread but its element-wise kernels single-threaded, so with
+    one stream only the matrix products can use a second core; independent pieces of the work on
+    two streams keep both cores busy. Inside, OpenBLAS runs one thread per product (see
+    `runtime.blas_threads`), so this does not depend on its thread setting: lanes that wait block
+    instead of spinning, which keeps them cheap when another process holds a core."""
+    if _LANES["count"] is not None:
+        return _LANES["count"]
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(MAX_LANES, cores))
+
+
+def set_lane_count(count: int | None) -> None:
+    """Fix the number of CPU lanes (>= 1), or restore the automatic choice with None."""
+    if count is not None and count < 1:
+        raise ValueError(f"lane count must be at least 1, got {count}")
+    _LANES["count"] = count
+
+
+def lanes() -> list[mx.Stream]:
+    """The streams to spread independent work over: the current stream first, then extra CPU streams;
+    just the current stream off the CPU."""
+    current = mx.default_stream(mx.default_device())
+    if mx.default_device() != mx.cpu:
+        return [current]
+    count = lane_count()
+    while len(_LANES["extra"]) < count - 1:
+        _LANES["extra"].append(mx.new_stream(mx.cpu))
+    return [current] + _LANES["extra"][: count - 1]
+
+
+def split_range(n: int, parts: int) -> list[tuple[int, int]]:
+    """[0, n) cut into `parts` contiguous, nearly equal, non-empty ranges (fewer when n < parts)."""
+    parts = max(1, min(parts, n))
+    edges = [n * i // parts for i in range(parts + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
 
 
 gelu = _Fused(_gelu)
 """Exact-erf GELU (as torch's default `F.gelu`)."""
-attention = _Fused(_attention)
-"""Softmax attention over [B, H, T, D] without a mask."""
+exp_nonpositive = _Fused(_exp_nonpositive)
+"""exp(x) for x <= 0, absolute error < 2e-7."""
+
+
+def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
+    """Softmax attention over [B, H, T, D] without a mask."""
+    scores = (q * scale) @ k.swapaxes(-1, -2)
+    # The row maximum is subtracted outside the compiled exp: a broadcast input would turn its
+    # kernel into a slower strided one.
+    weights = exp_nonpositive(scores - mx.max(scores, axis=-1, keepdims=True))
+    # Normalise after the value product: a pass over [T, D] instead of [T, T].
+    return (weights @ v) / mx.sum(weights, axis=-1, keepdims=True)
 
 
 @dataclasses.dataclass
@@ -250,17 +319,20 @@ class FeatureEncoder(nn.Module):
         self.span = 1 + sum((k - 1) * int(np.prod(args.conv_stride[1:i]))
                             for i, k in enumerate(args.conv_kernel) if i > 0)
 
-    def __call__(self, wave: mx.array) -> mx.array:
+    def __call__(self, wave: mx.array, streams: list[mx.Stream] | None = None) -> mx.array:
+        """Waveform [B, N] -> features [B, T, C]; pieces alternate over `streams` (default: current)."""
+        streams = streams or [mx.default_stream(mx.default_device())]
         first, rest = self.conv_layers[0], self.conv_layers[1:]
         frames = first.conv.frames(wave[..., None])  # [B, T0, K0]
         weight, shift = first.folded(frames)
         n_out = (frames.shape[1] - self.span) // self.hop + 1
         pieces = []
-        for j in range(0, n_out, self.chunk):
+        for i, j in enumerate(range(0, n_out, self.chunk)):
             stop = min(j + self.chunk, n_out)
-            x = gelu(frames[:, self.hop * j: self.hop * (stop - 1) + self.span] @ weight + shift)
-            for layer in rest:
-                x = layer(x)
+            with mx.stream(streams[i % len(streams)]):  # independent pieces: alternate over lanes
+                x = gelu(frames[:, self.hop * j: self.hop * (stop - 1) + self.span] @ weight + shift)
+                for layer in rest:
+                    x = layer(x)
             pieces.append(x)
         return pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=1)
 
@@ -289,18 +361,20 @@ class GroupedConv(nn.Module):
         self.groups = groups
         self.padding = kernel // 2
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, start: int = 0, stop: int | None = None) -> mx.array:
+        """Output frames [start, stop) (default: all T + 2 * padding - kernel + 1)."""
         # One batched [groups] matmul per tap: several times faster on CPU than MLX's grouped conv1d.
         b, t, d = x.shape
         g, k = self.groups, self.weight.shape[1]
         c_in, c_out = d // g, self.weight.shape[0] // g
-        xp = mx.pad(x, [(0, 0), (self.padding, self.padding), (0, 0)])
-        xp = xp.reshape(b, -1, g, c_in).transpose(0, 2, 1, 3)  # [B, G, T + 2p, C]
-        w = self.weight.reshape(g, c_out, k, c_in)
-        t_out = xp.shape[2] - k + 1
-        out = xp[:, :, :t_out] @ w[:, :, 0].swapaxes(-1, -2)
+        stop = t + 2 * self.padding - k + 1 if stop is None else stop
+        t_out = stop - start
+        xp = mx.pad(x, [(0, 0), (self.padding, self.padding), (0, 0)])[:, start: stop + k - 1]
+        xp = mx.contiguous(xp.reshape(b, -1, g, c_in).transpose(0, 2, 1, 3))  # [B, G, t_out + k - 1, C]
+        w = self.weight.reshape(g, c_out, k, c_in).transpose(2, 0, 3, 1)  # [k, G, C_in, C_out]
+        out = xp[:, :, :t_out] @ w[0]
         for j in range(1, k):
-            out = out + xp[:, :, j: j + t_out] @ w[:, :, j].swapaxes(-1, -2)
+            out = out + xp[:, :, j: j + t_out] @ w[j]
         return out.transpose(0, 2, 1, 3).reshape(b, t_out, g * c_out) + self.bias
 
 
@@ -309,13 +383,11 @@ class PositionalConvEmbedding(nn.Module):
         super().__init__()
         self.conv = GroupedConv(args.hidden_size, args.num_conv_pos_embeddings,
                                 args.num_conv_pos_embedding_groups)
-        self.remove = 1 if args.num_conv_pos_embeddings % 2 == 0 else 0
 
-    def __call__(self, x: mx.array) -> mx.array:
-        y = self.conv(x)
-        if self.remove:
-            y = y[..., : y.shape[-2] - self.remove, :]
-        return gelu(y)
+    def __call__(self, x: mx.array, start: int = 0, stop: int | None = None) -> mx.array:
+        """Frames [start, stop) (default: all T) of the embedding; the conv's extra last frame
+        (even kernel) is never computed."""
+        return gelu(self.conv(x, start, x.shape[1] if stop is None else stop))
 
 
 class Attention(nn.Module):
@@ -329,19 +401,36 @@ class Attention(nn.Module):
         self.v_proj = nn.Linear(dims, dims)
         self.out_proj = nn.Linear(dims, dims)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        b, t, d = x.shape
-        h = self.num_heads
+    def _heads(self, y: mx.array) -> mx.array:
+        b, t, d = y.shape
+        return y.reshape(b, t, self.num_heads, d // self.num_heads).transpose(0, 2, 1, 3)
 
-        def heads(y):
-            return y.reshape(b, t, h, d // h).transpose(0, 2, 1, 3)
-
-        q, k, v = heads(self.q_proj(x)), heads(self.k_proj(x)), heads(self.v_proj(x))
+    def _output(self, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
         if mx.default_device() == mx.gpu:
             o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
         else:  # on CPU our compiled softmax attention is about twice as fast
             o = attention(q, k, v, self.scale)
-        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, d))
+        b, h, t, dh = o.shape
+        return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, h * dh))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self._output(self._heads(self.q_proj(x)), self._heads(self.k_proj(x)), self._heads(self.v_proj(x)))
+
+    def over_lanes(self, parts: list[mx.array], streams: list[mx.Stream]) -> list[mx.array]:
+        """Attention of a sequence held as consecutive time pieces, piece i on stream i: each lane
+        projects its own frames, then attends from them to the keys and values of all pieces."""
+        projected = []
+        for x, stream in zip(parts, streams, strict=True):
+            with mx.stream(stream):
+                projected.append((self._heads(self.q_proj(x)), self._heads(self.k_proj(x)),
+                                  self._heads(self.v_proj(x))))
+        out = []
+        for (q, _, _), stream in zip(projected, streams, strict=True):
+            with mx.stream(stream):
+                k = mx.concatenate([p[1] for p in projected], axis=2)
+                v = mx.concatenate([p[2] for p in projected], axis=2)
+                out.append(self._output(q, k, v))
+        return out
 
 
 class FeedForward(nn.Module):
@@ -362,9 +451,21 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(args)
         self.final_layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = self.layer_norm(x + self.attention(x))
+    def _rest(self, x: mx.array, attended: mx.array) -> mx.array:
+        x = self.layer_norm(x + attended)
         return self.final_layer_norm(x + self.feed_forward(x))
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self._rest(x, self.attention(x))
+
+    def over_lanes(self, parts: list[mx.array], streams: list[mx.Stream]) -> list[mx.array]:
+        """The layer on a sequence held as consecutive time pieces, piece i computed on stream i."""
+        attended = self.attention.over_lanes(parts, streams)
+        out = []
+        for x, a, stream in zip(parts, attended, streams, strict=True):
+            with mx.stream(stream):
+                out.append(self._rest(x, a))
+        return out
 
 
 class Encoder(nn.Module):
@@ -374,11 +475,24 @@ class Encoder(nn.Module):
         self.layer_norm = nn.LayerNorm(args.hidden_size, eps=args.layer_norm_eps)
         self.layers = [EncoderLayer(args) for _ in range(args.num_hidden_layers)]
 
-    def __call__(self, x: mx.array) -> mx.array:
-        x = self.layer_norm(x + self.pos_conv_embed(x))
+    def __call__(self, x: mx.array, streams: list[mx.Stream] | None = None) -> mx.array:
+        """Features [B, T, D] -> last hidden state; time pieces spread over `streams` (default: current)."""
+        streams = streams or [mx.default_stream(mx.default_device())]
+        ranges = split_range(x.shape[1], len(streams))
+        if len(ranges) == 1:
+            x = self.layer_norm(x + self.pos_conv_embed(x))
+            for layer in self.layers:
+                x = layer(x)
+            return x
+        # Consecutive time pieces, one per lane; only attention joins them (keys and values).
+        streams = streams[: len(ranges)]
+        parts = []
+        for (start, stop), stream in zip(ranges, streams, strict=True):
+            with mx.stream(stream):
+                parts.append(self.layer_norm(x[:, start:stop] + self.pos_conv_embed(x, start, stop)))
         for layer in self.layers:
-            x = layer(x)
-        return x
+            parts = layer.over_lanes(parts, streams)
+        return mx.concatenate(parts, axis=1)
 
 
 class Model(nn.Module):
@@ -397,9 +511,14 @@ class Model(nn.Module):
         if self.args.num_frames(wave.shape[-1]) < 1:
             raise PrimeSpeechError(f"audio too short for HuBERT: {wave.shape[-1]} samples")
         wave = wave.astype(self.feature_projection.projection.weight.dtype)
-        x = self.feature_extractor(wave)
-        x = self.feature_projection(x)
-        return self.encoder(x)
+        streams = lanes()
+        if len(streams) == 1:
+            return self.encoder(self.feature_projection(self.feature_extractor(wave)))
+        # Several CPU lanes: evaluated here, with one BLAS thread per lane.
+        with blas_threads(1):
+            out = self.encoder(self.feature_projection(self.feature_extractor(wave, streams)), streams)
+            mx.eval(out)
+        return out
 
     @staticmethod
     def sanitize(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -21,8 +21,17 @@ import numpy as np
 
 from ..convert import converted_model_folder, load_converted, save_converted
 from ..errors import PrimeSpeechError
+from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
-from .hubert import check_against_model, gelu, read_hf_config, read_hf_weights, storage_dtype
+from .hubert import (
+    check_against_model,
+    gelu,
+    lanes,
+    read_hf_config,
+    read_hf_weights,
+    split_range,
+    storage_dtype,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +95,22 @@ class SelfAttention(nn.Module):
         self.key = nn.Linear(dims, dims)
         self.value = nn.Linear(dims, dims)
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+    def heads(self, x: mx.array, mask: mx.array | None, first: int, last: int) -> mx.array:
+        """The context vectors of heads [first, last): [B, L, (last - first) * head_dim]."""
         b, t, d = x.shape
-        h = self.num_heads
+        dh = d // self.num_heads
+        cols = slice(first * dh, last * dh)
 
-        def heads(y):
-            return y.reshape(b, t, h, d // h).transpose(0, 2, 1, 3)
+        def project(linear: nn.Linear) -> mx.array:
+            y = mx.addmm(linear.bias[cols], x, linear.weight[cols].T)
+            return y.reshape(b, t, last - first, dh).transpose(0, 2, 1, 3)
 
-        q, k, v = heads(self.query(x)), heads(self.key(x)), heads(self.value(x))
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
-        return o.transpose(0, 2, 1, 3).reshape(b, t, d)
+        o = mx.fast.scaled_dot_product_attention(project(self.query), project(self.key), project(self.value),
+                                                 scale=self.scale, mask=mask)
+        return o.transpose(0, 2, 1, 3).reshape(b, t, (last - first) * dh)
+
+    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+        return self.heads(x, mask, 0, self.num_heads)
 
 
 class DenseNorm(nn.Module):
@@ -108,6 +123,16 @@ class DenseNorm(nn.Module):
 
     def __call__(self, x: mx.array, residual: mx.array) -> mx.array:
         return self.LayerNorm(self.dense(x) + residual)
+
+    def over_lanes(self, x: mx.array, residual: mx.array, streams: list[mx.Stream]) -> mx.array:
+        """The block with the dense product split by output features over `streams` (each lane reads
+        its rows of the weight, a contiguous slice)."""
+        pieces = []
+        for (first, last), stream in zip(split_range(self.dense.weight.shape[0], len(streams)), streams,
+                                         strict=False):
+            with mx.stream(stream):
+                pieces.append(mx.addmm(self.dense.bias[first:last], x, self.dense.weight[first:last].T))
+        return self.LayerNorm(mx.concatenate(pieces, axis=-1) + residual)
 
 
 class Attention(nn.Module):
@@ -125,8 +150,11 @@ class Intermediate(nn.Module):
         super().__init__()
         self.dense = nn.Linear(args.hidden_size, args.intermediate_size)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return gelu(self.dense(x))
+    def __call__(self, x: mx.array, first: int = 0, last: int | None = None) -> mx.array:
+        """GELU(dense(x)) for output features [first, last) (default: all)."""
+        if first == 0 and last is None:
+            return gelu(self.dense(x))
+        return gelu(mx.addmm(self.dense.bias[first:last], x, self.dense.weight[first:last].T))
 
 
 class Layer(nn.Module):
@@ -140,15 +168,32 @@ class Layer(nn.Module):
         a = self.attention(x, mask)
         return self.output(self.intermediate(a), a)
 
+    def over_lanes(self, x: mx.array, mask: mx.array | None, streams: list[mx.Stream]) -> mx.array:
+        """The layer with every product split by output features over `streams`: each lane takes a
+        share of the heads, then of each dense layer's outputs, so it reads only its share of the
+        weights; the pieces are joined where a full row is needed (output products, LayerNorm)."""
+        sa = self.attention.self
+        pieces = []
+        for (first, last), stream in zip(split_range(sa.num_heads, len(streams)), streams, strict=False):
+            with mx.stream(stream):
+                pieces.append(sa.heads(x, mask, first, last))
+        a = self.attention.output.over_lanes(mx.concatenate(pieces, axis=-1), x, streams)
+        pieces = []
+        for (first, last), stream in zip(split_range(self.intermediate.dense.weight.shape[0], len(streams)),
+                                         streams, strict=False):
+            with mx.stream(stream):
+                pieces.append(self.intermediate(a, first, last))
+        return self.output.over_lanes(mx.concatenate(pieces, axis=-1), a, streams)
+
 
 class Encoder(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.layer = [Layer(args) for _ in range(args.layers_run)]
 
-    def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None, streams: list[mx.Stream] | None = None) -> mx.array:
         for layer in self.layer:
-            x = layer(x, mask)
+            x = layer(x, mask) if not streams or len(streams) == 1 else layer.over_lanes(x, mask, streams)
         return x
 
 
@@ -176,7 +221,14 @@ class Model(nn.Module):
             # Additive key-padding mask, as BERT's extended attention mask.
             keep = attention_mask.reshape(attention_mask.shape[0], 1, 1, -1).astype(mx.bool_)
             mask = mx.where(keep, 0.0, mx.finfo(x.dtype).min).astype(x.dtype)
-        return self.encoder(x, mask)
+        streams = lanes()
+        if len(streams) == 1:
+            return self.encoder(x, mask)
+        # Several CPU lanes: evaluated here, with one BLAS thread per lane.
+        with blas_threads(1):
+            out = self.encoder(x, mask, streams)
+            mx.eval(out)
+        return out
 
     @staticmethod
     def sanitize(weights: dict[str, np.ndarray], args: ModelArgs) -> dict[str, np.ndarray]:

@@ -17,13 +17,13 @@ parameter array changes (e.g. after `load_weights`).
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import threading
 from collections.abc import Iterator
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
+
+from ..runtime import blas_threads
 
 FOLD_MAX_CHANNELS = 128
 FOLD_ROWS = 2
@@ -196,46 +196,6 @@ class ConvTranspose1d(nn.Module):
         out = full[:, self.padding:self.padding + (t - 1) * s + k - 2 * self.padding]
         bias = self.get("bias")
         return out if bias is None else out + bias
-
-
-def _openblas_threads():
-    """OpenBLAS's (get, set) thread-count functions when MLX's BLAS is OpenBLAS, else None."""
-    try:
-        lib = ctypes.CDLL(None)
-        get, set_ = lib.openblas_get_num_threads, lib.openblas_set_num_threads
-    except (OSError, AttributeError):
-        return None
-    get.restype = ctypes.c_int
-    set_.argtypes = [ctypes.c_int]
-    return get, set_
-
-
-_BLAS_LOCK = threading.Lock()
-_BLAS_USERS = {"count": 0, "restore": None}
-
-
-@contextlib.contextmanager
-def blas_threads(n: int) -> Iterator[None]:
-    """Run the enclosed (evaluated) MLX work with OpenBLAS limited to `n` threads, for code that
-    spreads independent products over several MLX streams itself; a no-op for other BLAS.
-    Overlapping users (threads) share the setting; the last one out restores the old count."""
-    fns = _openblas_threads()
-    if fns is None:
-        yield
-        return
-    get, set_ = fns
-    with _BLAS_LOCK:
-        if _BLAS_USERS["count"] == 0:
-            _BLAS_USERS["restore"] = get()
-        _BLAS_USERS["count"] += 1
-        set_(n)
-    try:
-        yield
-    finally:
-        with _BLAS_LOCK:
-            _BLAS_USERS["count"] -= 1
-            if _BLAS_USERS["count"] == 0:
-                set_(_BLAS_USERS["restore"])
 
 
 def cpu_streams() -> tuple | None:
