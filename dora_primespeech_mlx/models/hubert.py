@@ -16,7 +16,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -29,93 +28,12 @@ from ..convert import CONFIG_FILE, converted_model_folder, load_converted, save_
 from ..errors import PrimeSpeechError
 from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
+from .kernels import attention, gelu
 
 logger = logging.getLogger(__name__)
 
 KIND = "hubert"
 SAMPLE_RATE = 16000
-
-# erf(y) ~ y P(y^2) / Q(y^2) on [-4, 4] (|erf| rounds to 1 in float32 beyond): our own least-squares
-# rational fit, max error 4e-7 in float32 (MLX's own erf: 4.5e-7). Built from multiply/add/divide
-# only, so a compiled kernel is several times faster on CPU than the primitive erf.
-_ERF_P = (1.1283788451, 0.20002909523, 0.053973118522, 0.0041674864938, 0.00029204062283, 1.9498986028e-06)
-_ERF_Q = (1.0, 0.51060108642, 0.11804471526, 0.01577179394, 0.0012566965953, 3.743163417e-05)
-# GELU(x) = x (1/2 + erf(x / sqrt 2) / 2) = x (1/2 + c P'(c^2) / Q'(c^2)) with c = x clipped to
-# +-4 sqrt 2 and the scalings folded into the coefficients.
-_GELU_LIMIT = 4.0 * math.sqrt(2.0)
-_GELU_P = tuple(p * 0.5**i * 0.5 / math.sqrt(2.0) for i, p in enumerate(_ERF_P))
-_GELU_Q = tuple(q * 0.5**i for i, q in enumerate(_ERF_Q))
-
-
-def _estrin5(z: mx.array, z2: mx.array, z4: mx.array, c: tuple[float, ...]) -> mx.array:
-    # A degree-5 polynomial in z, evaluated as three independent pairs: a short dependency chain
-    # keeps MLX's compiled CPU kernel in one piece (a long Horner chain is split into several
-    # kernels with full-size intermediates between them).
-    return (c[0] + c[1] * z) + z2 * (c[2] + c[3] * z) + z4 * (c[4] + c[5] * z)
-
-
-def _gelu(x: mx.array) -> mx.array:
-    # clip(x, -L, L) from two absolute values: MLX's compiled CPU kernels vectorise abs, but not
-    # minimum/maximum/where (their NaN handling branches), which made the clip cost twice the rest.
-    c = 0.5 * (mx.abs(x + _GELU_LIMIT) - mx.abs(x - _GELU_LIMIT))
-    z = c * c
-    z2 = z * z
-    z4 = z2 * z2
-    return x * (0.5 + c * _estrin5(z, z2, z4, _GELU_P) / _estrin5(z, z2, z4, _GELU_Q))
-
-
-def _exp_nonpositive(x: mx.array) -> mx.array:
-    # exp(x) for x <= 0 as 1 / (e^v)^16 with v = -x/16 >= 0, tracking e^v - 1 (Taylor, degree 7)
-    # through the squarings so values near 1 keep full precision: absolute error < 2e-7, the scale
-    # that matters for softmax weights (the Taylor error only shows where exp(x) < 1e-7). All terms
-    # are positive, so a very negative x overflows the power to inf and gives exactly 0, with no
-    # clamp: multiply/add and one divide only, which MLX's compiled CPU kernels run far faster
-    # than its primitive exp (or a clamp).
-    v = x * (-1.0 / 16.0)
-    v2 = v * v
-    v4 = v2 * v2
-    q = v * ((1.0 + v * 0.5) + v2 * (1.0 / 6.0 + v * (1.0 / 24.0))
-             + v4 * ((1.0 / 120.0 + v * (1.0 / 720.0)) + v2 * (1.0 / 5040.0)))
-    for _ in range(4):
-        q = q * (q + 2.0)
-    return 1.0 / (q + 1.0)
-
-
-_COMPILE_OK: list[bool] = []
-
-
-def compile_available() -> bool:
-    """Whether `mx.compile` works here (on Linux CPU it needs a C++ compiler at run time)."""
-    if not _COMPILE_OK:
-        try:
-            mx.eval(mx.compile(lambda x: x * 2.0 + 1.0)(mx.zeros((4,))))
-            _COMPILE_OK.append(True)
-        except RuntimeError as exc:
-            logger.warning("mx.compile is unavailable (%s): running uncompiled, which is slower "
-                           "(on Linux install g++)", exc)
-            _COMPILE_OK.append(False)
-    return _COMPILE_OK[0]
-
-
-class _Fused:
-    """`fn` compiled with `mx.compile` where that works, plain otherwise.
-
-    A compiled function keeps the stream it was traced on, so each stream gets its own."""
-
-    def __init__(self, fn):
-        self.fn = fn
-        self.compiled: dict[str, Any] = {}
-        self.__doc__ = fn.__doc__
-
-    def __call__(self, *args):
-        if not compile_available():
-            return self.fn(*args)
-        stream = str(mx.default_stream(mx.default_device()))
-        if stream not in self.compiled:
-            fn = self.fn
-            self.compiled[stream] = mx.compile(lambda *a: fn(*a))  # a distinct function per stream
-        return self.compiled[stream](*args)
-
 
 MAX_LANES = 2
 _LANES: dict[str, Any] = {"count": None, "extra": []}
@@ -163,22 +81,6 @@ def split_range(n: int, parts: int) -> list[tuple[int, int]]:
     parts = max(1, min(parts, n))
     edges = [n * i // parts for i in range(parts + 1)]
     return list(zip(edges[:-1], edges[1:], strict=True))
-
-
-gelu = _Fused(_gelu)
-"""Exact-erf GELU (as torch's default `F.gelu`)."""
-exp_nonpositive = _Fused(_exp_nonpositive)
-"""exp(x) for x <= 0, absolute error < 2e-7."""
-
-
-def attention(q: mx.array, k: mx.array, v: mx.array, scale: float) -> mx.array:
-    """Softmax attention over [B, H, T, D] without a mask."""
-    scores = (q * scale) @ k.swapaxes(-1, -2)
-    # The row maximum is subtracted outside the compiled exp: a broadcast input would turn its
-    # kernel into a slower strided one.
-    weights = exp_nonpositive(scores - mx.max(scores, axis=-1, keepdims=True))
-    # Normalise after the value product: a pass over [T, D] instead of [T, T].
-    return (weights @ v) / mx.sum(weights, axis=-1, keepdims=True)
 
 
 @dataclasses.dataclass
@@ -406,10 +308,7 @@ class Attention(nn.Module):
         return y.reshape(b, t, self.num_heads, d // self.num_heads).transpose(0, 2, 1, 3)
 
     def _output(self, q: mx.array, k: mx.array, v: mx.array) -> mx.array:
-        if mx.default_device() == mx.gpu:
-            o = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale)
-        else:  # on CPU our compiled softmax attention is about twice as fast
-            o = attention(q, k, v, self.scale)
+        o = attention(q, k, v, self.scale)
         b, h, t, dh = o.shape
         return self.out_proj(o.transpose(0, 2, 1, 3).reshape(b, t, h * dh))
 

@@ -25,13 +25,13 @@ from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
 from .hubert import (
     check_against_model,
-    gelu,
     lanes,
     read_hf_config,
     read_hf_weights,
     split_range,
     storage_dtype,
 )
+from .kernels import attention, gelu
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class SelfAttention(nn.Module):
             y = mx.addmm(linear.bias[cols], x, linear.weight[cols].T)
             return y.reshape(b, t, last - first, dh).transpose(0, 2, 1, 3)
 
-        o = mx.fast.scaled_dot_product_attention(project(self.query), project(self.key), project(self.value),
-                                                 scale=self.scale, mask=mask)
+        o = attention(project(self.query), project(self.key), project(self.value), self.scale, mask)
         return o.transpose(0, 2, 1, 3).reshape(b, t, (last - first) * dh)
 
     def __call__(self, x: mx.array, mask: mx.array | None) -> mx.array:

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..errors import PrimeSpeechError
 from .base import BaseModelArgs, load_weights_strict
+from .kernels import attention
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class MultiheadAttention(nn.Module):
         q, k, v = qkv[0], qkv[1], qkv[2]
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask)
+        out = attention(q, k, v, self.scale, mask)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, D))
 
     def step(self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array,
@@ -154,8 +155,7 @@ class MultiheadAttention(nn.Module):
         qkv = qkv.reshape(B, L, 3, self.heads, D // self.heads).transpose(2, 0, 3, 1, 4)
         keys = mx.slice_update(keys, qkv[1], offset, axes=(2,))
         values = mx.slice_update(values, qkv[2], offset, axes=(2,))
-        out = mx.fast.scaled_dot_product_attention(qkv[0], keys[..., :W, :], values[..., :W, :],
-                                                   scale=self.scale, mask=mask)
+        out = attention(qkv[0], keys[..., :W, :], values[..., :W, :], self.scale, mask)
         return self.out_proj(out.transpose(0, 2, 1, 3).reshape(B, L, D)), keys, values
 
 
