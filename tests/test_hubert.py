@@ -14,6 +14,7 @@ import pytest
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from dora_primespeech_mlx.errors import PrimeSpeechError
+from dora_primespeech_mlx.models import kernels
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
@@ -95,23 +96,23 @@ def test_cpu_lanes_match_upstream(tiny_folder, lanes):
     # the transformer joined only by attention); any split must give upstream's result.
     model = hubert.load_model(tiny_folder)
     waves = np.stack([speech_like(2.1, seed=8), speech_like(2.1, seed=9)])
-    hubert.set_lane_count(lanes)
+    kernels.set_lane_count(lanes)
     try:
-        assert len(hubert.lanes()) == lanes
+        assert len(kernels.lanes()) == lanes
         ours = np.array(model(mx.array(waves)))
     finally:
-        hubert.set_lane_count(None)
+        kernels.set_lane_count(None)
     for i in range(2):
         assert rel_err(ours[i], oracle.hubert_reference(tiny_folder, waves[i])) <= REL_TOL
 
 
 def test_lane_helpers():
-    assert hubert.split_range(10, 2) == [(0, 5), (5, 10)]
-    assert hubert.split_range(1, 2) == [(0, 1)]
-    assert hubert.split_range(7, 3) == [(0, 2), (2, 4), (4, 7)]
-    assert 1 <= hubert.lane_count() <= hubert.MAX_LANES
+    assert kernels.split_range(10, 2) == [(0, 5), (5, 10)]
+    assert kernels.split_range(1, 2) == [(0, 1)]
+    assert kernels.split_range(7, 3) == [(0, 2), (2, 4), (4, 7)]
+    assert 1 <= kernels.lane_count() <= kernels.MAX_LANES
     with pytest.raises(ValueError):
-        hubert.set_lane_count(0)
+        kernels.set_lane_count(0)
 
 
 def test_input_is_not_normalised(tiny_folder):

@@ -15,6 +15,7 @@ import pytest
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from dora_primespeech_mlx.errors import PrimeSpeechError
+from dora_primespeech_mlx.models import kernels
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
@@ -139,16 +140,15 @@ def test_padding_mask_matches_single_sentences(tiny_folder):
 @pytest.mark.parametrize("lanes", [1, 2])
 def test_cpu_lanes_match_upstream(tiny_folder, lanes):
     # On CPU each layer's products can be split by output features over `lanes` streams.
-    from dora_primespeech_mlx.models import hubert
 
     model = roberta.load_model(tiny_folder)
     tokenizer = roberta.load_tokenizer(tiny_folder)
     text = SENTENCES[0]
-    hubert.set_lane_count(lanes)
+    kernels.set_lane_count(lanes)
     try:
         ours = np.array(model(mx.array(tokenizer.encode(text).ids)))[0]
     finally:
-        hubert.set_lane_count(None)
+        kernels.set_lane_count(None)
     assert rel_err(ours, oracle.roberta_hidden_states(tiny_folder, text)[-3]) <= REL_TOL
 
 

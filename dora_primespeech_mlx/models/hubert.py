@@ -28,60 +28,12 @@ from ..convert import CONFIG_FILE, converted_model_folder, load_converted, save_
 from ..errors import PrimeSpeechError
 from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
-from .kernels import attention, gelu
+from .kernels import attention, gelu, lanes, split_range
 
 logger = logging.getLogger(__name__)
 
 KIND = "hubert"
 SAMPLE_RATE = 16000
-
-MAX_LANES = 2
-_LANES: dict[str, Any] = {"count": None, "extra": []}
-
-
-def lane_count() -> int:
-    """How many CPU streams (lanes) encoder work is split over: the usable cores, at most MAX_LANES
-    (`set_lane_count` overrides it, e.g. 1 to keep an encoder on one core).
-
-    MLX runs each CPU stream on its own thread but its element-wise kernels single-threaded, so with
-    one stream only the matrix products can use a second core; independent pieces of the work on
-    two streams keep both cores busy. Inside, OpenBLAS runs one thread per product (see
-    `runtime.blas_threads`), so this does not depend on its thread setting: lanes that wait block
-    instead of spinning, which keeps them cheap when another process holds a core."""
-    if _LANES["count"] is not None:
-        return _LANES["count"]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_LANES, cores))
-
-
-def set_lane_count(count: int | None) -> None:
-    """Fix the number of CPU lanes (>= 1), or restore the automatic choice with None."""
-    if count is not None and count < 1:
-        raise ValueError(f"lane count must be at least 1, got {count}")
-    _LANES["count"] = count
-
-
-def lanes() -> list[mx.Stream]:
-    """The streams to spread independent work over: the current stream first, then extra CPU streams;
-    just the current stream off the CPU."""
-    current = mx.default_stream(mx.default_device())
-    if mx.default_device() != mx.cpu:
-        return [current]
-    count = lane_count()
-    while len(_LANES["extra"]) < count - 1:
-        _LANES["extra"].append(mx.new_stream(mx.cpu))
-    return [current] + _LANES["extra"][: count - 1]
-
-
-def split_range(n: int, parts: int) -> list[tuple[int, int]]:
-    """[0, n) cut into `parts` contiguous, nearly equal, non-empty ranges (fewer when n < parts)."""
-    parts = max(1, min(parts, n))
-    edges = [n * i // parts for i in range(parts + 1)]
-    return list(zip(edges[:-1], edges[1:], strict=True))
-
 
 @dataclasses.dataclass
 class ModelArgs(BaseModelArgs):

@@ -25,13 +25,11 @@ from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
 from .hubert import (
     check_against_model,
-    lanes,
     read_hf_config,
     read_hf_weights,
-    split_range,
     storage_dtype,
 )
-from .kernels import attention, gelu
+from .kernels import attention, gelu, lanes, split_range
 
 logger = logging.getLogger(__name__)
 
