@@ -11,6 +11,7 @@ import json
 
 import numpy as np
 import pytest
+from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from dora_primespeech_mlx.errors import PrimeSpeechError
@@ -39,18 +40,7 @@ def speech_like(seconds: float, seed: int = 0, sample_rate: int = 16000) -> np.n
     return wave.astype(np.float32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch_single_thread():
-    # The oracle shares the process with MLX's OpenBLAS threads; torch's OpenMP threads spinning
-    # between calls then starve both on a 2-core machine, so upstream runs single-threaded here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def rel_err(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.max(np.abs(ours - ref)) / np.max(np.abs(ref)))
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
 from dora_primespeech_mlx.errors import PrimeSpeechError
@@ -23,9 +24,6 @@ GREEDY = dict(top_k=1, top_p=1.0, temperature=1.0, repetition_penalty=1.0)
 N_GREEDY = 150
 
 
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
 
 
 @pytest.fixture(scope="module", autouse=True)
