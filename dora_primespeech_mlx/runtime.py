@@ -56,6 +56,14 @@ def _cpu_times(cores: set[int]) -> tuple[int, int] | None:
     return (idle, total) if total else None
 
 
+def usable_cores() -> set[int]:
+    """The CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return set(range(os.cpu_count() or 1))
+
+
 def auto_blas_threads(sample_seconds: float = 0.1) -> int:
     """OpenBLAS threads for this process: the cores it may use that are idle now (at least one),
     from a short /proc/stat sample (the load average lags by a minute and counts finished runs).
@@ -63,10 +71,7 @@ def auto_blas_threads(sample_seconds: float = 0.1) -> int:
     OpenBLAS's workers spin between calls: on idle cores two threads decode the T2S GPT 1.5x faster
     than one, but with one core taken by another process they ran it 1.7x slower than one thread.
     """
-    try:
-        cores = set(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = set(range(os.cpu_count() or 1))
+    cores = usable_cores()
     before = _cpu_times(cores)
     if before is None:
         return len(cores)
@@ -101,7 +106,7 @@ def preload_openblas() -> str | None:
             errors.append(str(exc))
             continue
         # the forwarder must enter the global scope before OpenBLAS for its cblas_sgemm to win
-        _OPENBLAS_STATE["gemv_forward"] = _load_gemv_forward(openblas)
+        _load_gemv_forward(openblas)
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         _OPENBLAS_STATE.update(path=path, why="loaded")
         return path
@@ -119,12 +124,12 @@ def _gemv_forward_library() -> str | None:
     return found[0] if found else None
 
 
-def _load_gemv_forward(openblas: ctypes.CDLL) -> str | None:
-    """Load native/gemv_forward.c's library globally and bind it to `openblas`; its path, or None when
-    it was not built (no C compiler at install time) or does not load: then sgemm serves every product."""
+def _load_gemv_forward(openblas: ctypes.CDLL) -> None:
+    """Load native/gemv_forward.c's library globally and bind it to `openblas`. Skipped when it was
+    not built (no C compiler at install time) or does not load: then sgemm serves every product."""
     path = _gemv_forward_library()
     if path is None:
-        return None
+        return
     try:
         forward = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         pointers = [ctypes.cast(getattr(openblas, name), ctypes.c_void_p) for name in ("cblas_sgemm", "cblas_sgemv")]
@@ -132,9 +137,8 @@ def _load_gemv_forward(openblas: ctypes.CDLL) -> str | None:
             raise OSError("binding to OpenBLAS failed")
     except (OSError, AttributeError) as exc:
         logger.warning("gemv forwarding unavailable (%s): OpenBLAS's sgemm serves every product", exc)
-        return None
+        return
     _OPENBLAS_STATE["forward_lib"] = forward
-    return path
 
 
 def gemv_forwarded_calls() -> int | None:
@@ -152,7 +156,7 @@ def openblas_status() -> str:
     if not path:
         return f"reference BLAS ({_OPENBLAS_STATE['why']})"
     return (f"openblas: {path}, {_OPENBLAS_STATE.get('threads', 'default threads')}"
-            + (", gemv forwarding" if _OPENBLAS_STATE.get("gemv_forward") else ""))
+            + (", gemv forwarding" if _OPENBLAS_STATE.get("forward_lib") else ""))
 
 
 def _openblas_thread_api():

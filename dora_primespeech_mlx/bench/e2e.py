@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict:
     import mlx.core as mx
 
     from ..oracle.voice import TestVoiceFiles, build_test_voice
-    from ..runtime import openblas_status
+    from ..runtime import openblas_status, usable_cores
 
     tmp = None
     if args.model_root:
@@ -158,7 +158,7 @@ def run(args: argparse.Namespace) -> dict:
             result["targets"]["startup<=3s"] = result["node_startup"]["first_status_seconds"] <= 3.0
         result["machine"] = {
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus_usable": len(usable_cores()),
             "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
             "mlx": mx.__version__, "mlx_device": str(mx.default_device()), "blas": openblas_status(),
             "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS", "default"),

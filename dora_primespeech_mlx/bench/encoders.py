@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> dict:
     from ..features import PROMPT_PAD_SAMPLES, bert_features, hubert_content
     from ..models import hubert, roberta
     from ..oracle import encoders as oracle
-    from ..runtime import openblas_status
+    from ..runtime import openblas_status, usable_cores
 
     text = args.text
     word2ph = [2 if "\u4e00" <= ch <= "\u9fff" else 1 for ch in text]
@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> dict:
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus_usable": len(usable_cores()),
             "load_average": [round(x, 2) for x in os.getloadavg()],
             "torch": setup["torch"],
             "torch_threads": setup["torch_threads"],

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> dict:
 
     from ..models import sovits
     from ..oracle import sovits as oracle
-    from ..runtime import openblas_status
+    from ..runtime import openblas_status, usable_cores
 
     rng = np.random.default_rng(args.seed)
     codes = rng.integers(0, 1024, size=args.codes)
@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> dict:
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
-            "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+            "cpus_usable": len(usable_cores()),
             "torch": upstream["torch"],
             "torch_threads": upstream["torch_threads"],
             "mlx": mx.__version__,

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from typing import Any
 
 import mlx.core as mx
+
+from ..runtime import usable_cores
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +137,7 @@ def lane_count() -> int:
     instead of spinning, which keeps them cheap when another process holds a core."""
     if _LANES["count"] is not None:
         return _LANES["count"]
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return max(1, min(MAX_LANES, cores))
+    return max(1, min(MAX_LANES, len(usable_cores())))
 
 
 def set_lane_count(count: int | None) -> None:
