@@ -63,3 +63,20 @@ def wait_for_answer(node: Any, want_audio_ack: bool = False) -> str:
             acks += 1
         if answer is not None and (answer != "completed" or not want_audio_ack or acks > 0):
             return answer
+
+
+def send_paced(node: Any, messages: list[tuple[str, str, dict[str, Any], str]], want_audio_ack: bool = False) -> None:
+    """Send (output, text, metadata, label) messages in order, each after the previous one is answered
+    (see `wait_for_answer`); once no answer can come any more, the rest go out at once. A manual stop
+    ends it."""
+    import pyarrow as pa
+
+    paced = True
+    for index, (output, text, metadata, label) in enumerate(messages):
+        node.send_output(output, pa.array([text]), metadata)
+        if paced:
+            answer = wait_for_answer(node, want_audio_ack=want_audio_ack)
+            logger.info("%s %d/%d: %s", label, index + 1, len(messages), answer)
+            if answer == "stopped":
+                return
+            paced = answer != "closed"

@@ -13,9 +13,7 @@ import logging
 import os
 import sys
 
-import pyarrow as pa
-
-from ._common import read_lines, wait_for_answer
+from ._common import read_lines, send_paced
 
 logger = logging.getLogger(__name__)
 
@@ -36,18 +34,11 @@ def main() -> int:
 
     script = parse_script(read_lines("SCRIPT", "SCRIPT_FILE"))
     question_id = os.environ.get("QUESTION_ID", "1")
-    node = Node()
-    paced = True
-    for index, (speaker, text) in enumerate(script):
-        node.send_output(f"text_segment_{speaker}", pa.array([text]), {
-            "question_id": question_id, "session_id": f"{speaker}-{question_id}",
-            "session_status": "ended" if index == len(script) - 1 else "streaming", "segment_index": index})
-        if paced:
-            answer = wait_for_answer(node, want_audio_ack=True)
-            logger.info("line %d/%d (%s): %s", index + 1, len(script), speaker, answer)
-            if answer == "stopped":
-                return 0
-            paced = answer != "closed"
+    last = len(script) - 1
+    send_paced(Node(), [(f"text_segment_{speaker}", text, {
+        "question_id": question_id, "session_id": f"{speaker}-{question_id}",
+        "session_status": "ended" if index == last else "streaming", "segment_index": index},
+        f"line ({speaker})") for index, (speaker, text) in enumerate(script)], want_audio_ack=True)
     return 0
 
 

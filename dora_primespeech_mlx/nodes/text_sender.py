@@ -12,9 +12,7 @@ import logging
 import os
 import sys
 
-import pyarrow as pa
-
-from ._common import read_lines, wait_for_answer
+from ._common import read_lines, send_paced
 
 logger = logging.getLogger(__name__)
 
@@ -30,18 +28,10 @@ def main() -> int:
 
     lines = read_lines("TEXT", "TEXT_FILE")
     question_id = os.environ.get("QUESTION_ID", "1")
-    node = Node()
-    paced = True
-    for index, line in enumerate(lines):
-        node.send_output("text", pa.array([line]), {
-            "question_id": question_id, "session_id": f"say-{question_id}",
-            "session_status": session_status(index, len(lines)), "segment_index": index})
-        if paced:
-            answer = wait_for_answer(node)
-            logger.info("text %d/%d: %s", index + 1, len(lines), answer)
-            if answer == "stopped":
-                return 0
-            paced = answer != "closed"
+    send_paced(Node(), [("text", line, {
+        "question_id": question_id, "session_id": f"say-{question_id}",
+        "session_status": session_status(index, len(lines)), "segment_index": index}, "text")
+        for index, line in enumerate(lines)])
     return 0
 
 
