@@ -1,5 +1,6 @@
 """GPT-SoVITS "s2" SoVITS model (v1 and v2) in MLX: semantic codes + phones + reference
-spectrogram -> 32 kHz waveform (`Model.decode`), and HuBERT features -> semantic codes
+spectrogram -> 32 kHz waveform (`Model.decode`, or chunk by chunk with upstream's streaming
+`Model.decode_streaming`; `sola.py` joins the chunks), and HuBERT features -> semantic codes
 (`Model.extract_latent`).
 
 Mirrors upstream `SynthesizerTrn.decode` / `extract_latent` at batch 1 with unpadded inputs, so
@@ -118,15 +119,43 @@ class TextEncoder(nn.Module):
         return self.encoder_text(self.text_embedding(phones))
 
     def __call__(self, y: mx.array, phones: mx.array, ge: mx.array, speed: float) -> tuple[mx.array, mx.array]:
-        return self.prior(self.encode_ssl(y), self.encode_text(phones), ge, speed)
+        m_p, logs_p, _ = self.prior(self.encode_ssl(y), self.encode_text(phones), ge, speed)
+        return m_p, logs_p
 
-    def prior(self, y: mx.array, text: mx.array, ge: mx.array, speed: float) -> tuple[mx.array, mx.array]:
-        """Mean and log-std of the prior from the encoded SSL content and phones."""
-        y = self.encoder2(self.mrte(y, text, ge))
+    def prior(self, y: mx.array, text: mx.array, ge: mx.array, speed: float, *, padding_frames: int = 0,
+              result_frames: int | None = None, overlap: mx.array | None = None,
+              ) -> tuple[mx.array, mx.array, mx.array]:
+        """Mean and log-std of the prior from the encoded SSL content and phones, and the latent they
+        come from (encoder2's output [B, T, C] before any speed change).
+
+        Streaming (upstream `decode_streaming`, 50 Hz frames): `padding_frames` trailing frames are cut
+        before encoder2, only the last `result_frames` of its output are kept, and `overlap` [F, C]
+        (the previous chunk's latent tail) is cross-faded into the first F frames.
+        """
+        y = self.mrte(y, text, ge)
+        if padding_frames:
+            y = y[:, :-padding_frames]
+        y = self.encoder2(y)
+        if result_frames is not None and result_frames < y.shape[1]:
+            y = y[:, -result_frames:]
+        if overlap is not None:
+            y = _cross_fade_latent(y, overlap)
+        latent = y
         if speed != 1:
             y = _interpolate_linear(y, int(y.shape[1] / speed) + 1)
         stats = self.proj(y)
-        return stats[..., :self.out_channels], stats[..., self.out_channels:]
+        return stats[..., :self.out_channels], stats[..., self.out_channels:], latent
+
+
+def _cross_fade_latent(y: mx.array, overlap: mx.array) -> mx.array:
+    """Blend the previous chunk's latent tail `overlap` [F, C] into the first F frames of y [1, T, C]
+    with the rising and falling halves of a sine window of 2F points."""
+    n = overlap.shape[0]
+    window = np.sin(np.arange(2 * n, dtype=np.float32) * np.float32(np.pi) / np.float32(2 * n))
+    rise = mx.array(window[:n, None]).astype(y.dtype)
+    fall = mx.array(window[n:, None]).astype(y.dtype)
+    head = rise * y[:, :n] + fall * overlap.astype(y.dtype)[None]
+    return head if n == y.shape[1] else mx.concatenate([head, y[:, n:]], axis=1)
 
 
 class Model(nn.Module):
@@ -214,26 +243,88 @@ class Model(nn.Module):
         """Waveform (float32, 1-D, `sampling_rate` Hz) for semantic `codes` [T25] and the TARGET
         `phones` [Tp] (not the prompt's), in the voice of `refer_spec` ([1025, frames] or a list,
         whose style vectors are averaged)."""
+        codes, phones = self._check_inputs(codes, phones, speed)
+        with self._parallel() as streams:
+            audio, _ = self._synthesize(streams, codes, phones, refer_spec, noise_scale, speed, seed)
+            return np.array(audio, dtype=np.float32)
+
+    def decode_streaming(self, codes, phones, refer_spec, *, noise_scale: float = 0.5, speed: float = 1.0,
+                         seed: int | None = None, result_length: int | None = None,
+                         overlap_frames: np.ndarray | mx.array | None = None,
+                         padding_length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One chunk of upstream's streaming synthesis (`SynthesizerTrn.decode_streaming`, batch 1).
+
+        `codes` [T25] are all the semantic codes so far: the content and phone encoders see them all,
+        for context (upstream re-encodes the whole history at every chunk); `padding_length` trailing
+        codes are dropped before encoder2 and only the last `result_length` codes go on through the
+        flow and the vocoder (both counted in 25 Hz codes, 2 latent frames each; None keeps all). `overlap_frames` [C, F] is the previous call's latent tail (upstream
+        passes the frames of its last overlap codes), cross-faded with a sine window into the first F
+        frames.
+
+        Returns `(audio, latent, latent_mask)`: the waveform (float32, 1-D) of the kept codes at
+        `speed`; the latent, float32 [C, 2 * kept codes] in upstream's orientation (its `y_[0]`:
+        encoder2's output after the cross-fade, before the speed change), so `latent[:, -2 * k:]` is
+        the next call's `overlap_frames` for an overlap of k codes; and its mask (ones [frames], as
+        upstream's `y_mask_` at batch 1).
+        """
+        codes, phones = self._check_inputs(codes, phones, speed)
+        padding_frames = 2 * self._count(padding_length, "padding_length", allow_zero=True)
+        result_frames = None if result_length is None else 2 * self._count(result_length, "result_length")
+        kept = 2 * codes.size - padding_frames
+        if kept < 1:
+            raise PrimeSpeechError(f"padding_length {padding_length} leaves none of the {codes.size} codes")
+        if result_frames is not None:
+            kept = min(kept, result_frames)
+        overlap = None
+        if overlap_frames is not None:
+            overlap = np.asarray(overlap_frames, dtype=np.float32)
+            if overlap.ndim != 2 or overlap.shape[0] != self.args.hidden_channels or not 0 < overlap.shape[1] <= kept:
+                raise PrimeSpeechError(
+                    f"overlap_frames must be a latent tail [{self.args.hidden_channels}, frames <= {kept}] "
+                    f"from the previous decode_streaming call, got {overlap.shape}")
+            overlap = mx.array(overlap.T)
+        with self._parallel() as streams:
+            audio, latent = self._synthesize(streams, codes, phones, refer_spec, noise_scale, speed, seed,
+                                             padding_frames=padding_frames, result_frames=result_frames,
+                                             overlap=overlap)
+            mx.eval(audio, latent)
+            latent = np.array(latent[0].T, dtype=np.float32)
+            return np.array(audio, dtype=np.float32), latent, np.ones(latent.shape[1], dtype=np.float32)
+
+    def _synthesize(self, streams: tuple | None, codes: np.ndarray, phones: np.ndarray, refer_spec,
+                    noise_scale: float, speed: float, seed: int | None, **stream_args) -> tuple[mx.array, mx.array]:
+        """Lazy (waveform [N], latent [1, T, C]) for `decode` and `decode_streaming`; call inside
+        `self._parallel()`, whose `streams` it takes. `stream_args` go to `TextEncoder.prior`."""
+        specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
+        side = mx.stream(streams[1]) if streams else contextlib.nullcontext()
+        with side:  # independent of the SSL branch below: the other stream when on the CPU
+            ge = self.style_embedding(specs)
+            text = self.enc_p.encode_text(mx.array(phones)[None])
+        quantized = mx.repeat(self.quantizer.embed[mx.array(codes)], 2, axis=0)[None]  # 25 Hz -> 50 Hz
+        m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge, speed, **stream_args)
+        if noise_scale:
+            key = mx.random.key(seed) if seed is not None else None
+            z_p = m_p + mx.random.normal(m_p.shape, key=key) * mx.exp(logs_p) * noise_scale
+        else:
+            z_p = m_p
+        z = self.flow.reverse(z_p, ge)
+        return self.dec(z, ge, streams).reshape(-1), latent
+
+    def _check_inputs(self, codes, phones, speed: float) -> tuple[np.ndarray, np.ndarray]:
         codes = self._ids(codes, self.args.codebook_size, "semantic codes")
         phones = self._ids(phones, self.args.n_symbols, "phone ids")
         if speed <= 0:
             raise PrimeSpeechError(f"speed must be positive, got {speed}")
-        specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
-        with self._parallel() as streams:
-            side = mx.stream(streams[1]) if streams else contextlib.nullcontext()
-            with side:  # independent of the SSL branch below: the other stream when on the CPU
-                ge = self.style_embedding(specs)
-                text = self.enc_p.encode_text(mx.array(phones)[None])
-            quantized = mx.repeat(self.quantizer.embed[mx.array(codes)], 2, axis=0)[None]  # 25 Hz -> 50 Hz
-            m_p, logs_p = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge, speed)
-            if noise_scale:
-                key = mx.random.key(seed) if seed is not None else None
-                z_p = m_p + mx.random.normal(m_p.shape, key=key) * mx.exp(logs_p) * noise_scale
-            else:
-                z_p = m_p
-            z = self.flow.reverse(z_p, ge)
-            audio = self.dec(z, ge, streams).reshape(-1)
-            return np.array(audio, dtype=np.float32)
+        return codes, phones
+
+    @staticmethod
+    def _count(value, what: str, allow_zero: bool = False) -> int:
+        if value is None:
+            return 0
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (0 if allow_zero else 1):
+            raise PrimeSpeechError(f"{what} must be a {'non-negative' if allow_zero else 'positive'} number of "
+                                   f"semantic codes, got {value!r}")
+        return int(value)
 
     def extract_latent(self, ssl_features: np.ndarray) -> np.ndarray:
         """Semantic codes [T50 // 2] (int64) of HuBERT features [768, T50]."""

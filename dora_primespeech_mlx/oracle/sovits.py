@@ -6,7 +6,9 @@ codebook marked initialised with a random `embed`, the flows' zero-initialised `
 randomised, everything rounded to fp16 values. `save_official` writes it exactly as upstream's
 `process_ckpt.savee` does: `torch.save({"weight": fp16 state dict without enc_q, "config": HParams,
 "info": ...})`, with an optional two-byte version header and any of the three weight-norm forms.
-`upstream_decode`, `upstream_extract_latent` and `upstream_spectrogram` run upstream's code.
+`upstream_decode`, `upstream_decode_streaming`, `upstream_extract_latent` and `upstream_spectrogram`
+run upstream's code; `upstream_sola` is TTS.py's SOLA join and `upstream_stream` the SoVITS side of
+TTS.run's streaming loop.
 Dev only: torch is needed.
 """
 
@@ -209,6 +211,91 @@ def upstream_decode(net, codes, phones, specs, *, noise_scale: float = 0.0, spee
                          [torch.as_tensor(np.asarray(s, dtype=np.float32))[None] for s in specs],
                          noise_scale=noise_scale, speed=speed)
     return out[0, 0].numpy()
+
+
+def upstream_decode_streaming(net, codes, phones, specs, *, noise_scale: float = 0.0, speed: float = 1.0,
+                              result_length: int | None = None, overlap_frames=None,
+                              padding_length: int | None = None):
+    """Upstream `decode_streaming` (batch 1) -> torch (audio [N], latent [1, C, T], latent mask [1, 1, T]).
+    `overlap_frames` is a torch latent slice [1, C, F] in upstream's layout (or None)."""
+    import torch
+
+    specs = specs if isinstance(specs, (list, tuple)) else [specs]
+    with torch.no_grad():
+        audio, latent, mask = net.decode_streaming(
+            torch.as_tensor(np.asarray(codes), dtype=torch.long)[None, None],
+            torch.as_tensor(np.asarray(phones), dtype=torch.long)[None],
+            [torch.as_tensor(np.asarray(s, dtype=np.float32))[None] for s in specs],
+            noise_scale=noise_scale, speed=speed, result_length=result_length, overlap_frames=overlap_frames,
+            padding_length=padding_length)
+    return audio[0, 0], latent, mask
+
+
+def upstream_sola():
+    """Upstream's `TTS.sola_algorithm(fragments, overlap_len, search_len)` as a plain function.
+
+    TTS_infer_pack/TTS.py cannot be imported here (it needs PyAV and the whole inference stack), so
+    the method's own source is read from the installed file and compiled alone; `self` is unused.
+    Its debug print is silenced."""
+    import ast
+    import textwrap
+
+    import torch
+
+    path = Path(import_upstream()) / "TTS_infer_pack" / "TTS.py"
+    source = path.read_text()
+    method = next(item for node in ast.parse(source).body if isinstance(node, ast.ClassDef) and node.name == "TTS"
+                  for item in node.body if isinstance(item, ast.FunctionDef) and item.name == "sola_algorithm")
+    namespace: dict[str, Any] = {"torch": torch, "F": torch.nn.functional, "List": list, "np": np}
+    exec(compile(textwrap.dedent(ast.get_source_segment(source, method)), str(path), "exec"), namespace)
+    sola = namespace["sola_algorithm"]
+
+    def run(fragments, overlap_len: int, search_len: int = 320):
+        with contextlib.redirect_stdout(io.StringIO()):
+            return sola(None, fragments, overlap_len, search_len)
+
+    return run
+
+
+def upstream_stream(net, chunks, phones, specs, *, speed: float = 1.0, overlap_length: int = 2,
+                    noise_scale: float = 0.0) -> list[np.ndarray]:
+    """The SoVITS side of upstream TTS.run's streaming loop (TTS_infer_pack/TTS.py, streaming_mode
+    branch) on a given sequence of T2S chunks, each `(codes or None, is_final)`; returns the audio
+    pieces it yields (before int16 post-processing). Restated here statement for statement with
+    torch tensors, so the in-place SOLA cross-fade aliases the kept chunk as it does upstream."""
+    import torch
+
+    sola = upstream_sola()
+    rate = math.prod(net.upsample_rates) * (2 / speed)
+    size = math.ceil(overlap_length * rate)
+    pieces: list[np.ndarray] = []
+    history: list = []
+    last_chunk = last_latent = None
+    first = True
+    for codes, is_final in chunks:
+        if codes is None and last_chunk is not None:
+            pieces.append(last_chunk[-size:].numpy().copy())
+            break
+        tokens = torch.as_tensor(np.asarray(codes), dtype=torch.long)[None]
+        history.append(tokens)
+        n = tokens.shape[-1]
+        overlap_len = overlap_length + (10 - n) if not first and n < 10 else overlap_length
+        audio, latent, _ = upstream_decode_streaming(
+            net, torch.cat(history, dim=-1)[0].numpy(), phones, specs, noise_scale=noise_scale, speed=speed,
+            result_length=None if first else n + overlap_len,
+            overlap_frames=None if last_latent is None else last_latent[:, :, -overlap_len * 2:],
+            padding_length=0)
+        if overlap_len > overlap_length:
+            audio = audio[-int((overlap_length + n) * rate):]
+        piece = audio
+        if first:
+            first = False
+            piece = piece[:-size] if not is_final else piece
+        elif not is_final:
+            piece = sola([last_chunk, piece], size)[last_chunk.shape[0] - size:-size]
+        last_latent, last_chunk = latent, audio
+        pieces.append(piece.numpy().copy())
+    return pieces
 
 
 def upstream_extract_latent(net, ssl: np.ndarray) -> np.ndarray:
