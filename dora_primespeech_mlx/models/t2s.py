@@ -286,12 +286,17 @@ class Model(nn.Module):
         return self.ar_predict_layer(x)
 
     def decode_step(self, token: mx.array, position: mx.array, offset: mx.array, window: mx.array,
-                    kv: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
-        """Logits [1, vocab] for one new code. token: [1] int; position: alpha * pe row [1, D] of its
-        audio position; offset: its index in the cache; window: arange(W), W > offset, the cache
-        positions attention reads; kv: every layer's keys and values buffers, returned updated."""
-        x = (self.ar_audio_embedding(token) + position)[None]
-        mask = mx.where(window <= offset, 0.0, -mx.inf).astype(x.dtype)
+                    kv: list[mx.array], valid_from: mx.array | None = None) -> tuple[mx.array, list[mx.array]]:
+        """Logits [B, vocab] for one new code per row. token: [B] int; position: alpha * pe row [1, D]
+        of its audio position; offset: its index in the cache; window: arange(W), W > offset, the cache
+        positions attention reads; kv: every layer's keys and values buffers [B, H, capacity, Dh],
+        returned updated; valid_from: [B, 1] int, each row's first real cache position (rows of a batch
+        are left-padded to a common text length), None when no row is padded."""
+        x = (self.ar_audio_embedding(token) + position)[:, None]
+        allowed = window <= offset
+        if valid_from is not None:
+            allowed = (allowed & (window >= valid_from))[:, None, None, :]
+        mask = mx.where(allowed, 0.0, -mx.inf).astype(x.dtype)
         out = []
         for i, layer in enumerate(self.layers):
             x, k, v = layer.step(x, kv[2 * i], kv[2 * i + 1], offset, mask)
