@@ -7,8 +7,9 @@ decode of the generated codes with the TARGET phones, the reference spectrogram 
 -> per-fragment peak normalisation (only when the peak exceeds 1), a short fade at both ends of each
 fragment and `fragment_interval` seconds of silence after it.
 
-Segments are generated one at a time (batch 1), in order, which is what the original dora-primespeech
-node ran (`parallel_infer` off) and lets `stream` hand out each segment's audio as soon as it is decoded.
+T2S runs segments in batches (`models/t2s_batch.py`): each row keeps its own seed and gets the codes it
+would get alone, so batching changes speed, not output. `synthesize` batches up to the cap at once;
+`stream` grows its batches 1, 2, 4, ... so that the first segment's audio is not held back by the others.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .chunking import chunk_codes, mute_similarity
 from .convert import converted_dir_for, source_fingerprint
 from .errors import PrimeSpeechError
 from .voices import Voice, VoiceRegistry
@@ -33,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 32000
 MAX_SAMPLE = 32767 / 32768  # the largest value that survives upstream's int16(x * 32768)
-CANCEL_POLL_CODES = 25  # T2S codes (1 s of audio) between cancellation polls inside a segment
+CANCEL_POLL_CODES = 25  # T2S steps (1 s of audio) between cancellation polls inside a batch
+MAX_BATCH_ROWS = 16  # segments decoded together at most (bounds the key/value cache: ~0.1 MB per row and position)
 
 
 @dataclass
@@ -50,10 +53,13 @@ class SynthesisOptions:
     repetition_penalty: float = 1.35
     seed: int = 233333  # -1: random
     text_split_method: str = "cut5"
-    batch_size: int = 100  # accepted for compatibility: segments are generated one at a time
+    batch_size: int = 100  # segments generated together at most (also capped by MAX_BATCH_ROWS)
     split_bucket: bool = True  # accepted for compatibility (bucketing only reorders batches)
     fragment_interval: float = 0.07
     noise_scale: float = 0.5
+    stream_chunk: int = 16  # `stream`: the first segment goes out in chunks of >= this many codes (0: whole)
+    fixed_length_chunk: bool = False  # all chunks cut every `stream_chunk` codes (else the first, then in pauses)
+    overlap_length: int = 2  # codes re-decoded in front of each chunk (upstream's streaming overlap)
     edge_fade: float = 0.005  # seconds of raised-cosine fade at both ends of each fragment; 0 = upstream
 
 
@@ -84,6 +90,13 @@ class _VoiceModels:
     t2s: Any
     sovits: Any
     early_stop_num: int
+    mute_similarity: np.ndarray | None = None  # streaming chunk splits; computed on first use
+
+    def similarity(self) -> np.ndarray:
+        """Each semantic code's similarity to the mute code (`chunking.mute_similarity`), cached."""
+        if self.mute_similarity is None:
+            self.mute_similarity = mute_similarity(np.array(self.t2s.ar_audio_embedding.word_embeddings.weight))
+        return self.mute_similarity
 
 
 @dataclass
@@ -145,7 +158,8 @@ class Synthesizer:
                    should_cancel: Callable[[], bool] | None = None) -> Result:
         """The whole text as one Result (raises EmptyTextError, Cancelled or PrimeSpeechError)."""
         started = time.perf_counter()
-        pieces = list(self.stream(text, voice, options, should_cancel))
+        with self._lock:
+            pieces = list(self._run(text, voice, options or SynthesisOptions(), should_cancel))
         audio = np.concatenate([p.audio for p in pieces]).astype(np.float32, copy=False)
         timings: dict[str, float] = {}
         for piece in pieces:
@@ -162,12 +176,16 @@ class Synthesizer:
         """One Result per segment, each yielded as soon as its audio is decoded."""
         options = options or SynthesisOptions()
         with self._lock:
-            yield from self._run(text, voice, options, should_cancel)
+            yield from self._run(text, voice, options, should_cancel, batches="growing")
 
     # -- the flow ----------------------------------------------------------------------------------
     def _run(self, text: str, voice: Voice, options: SynthesisOptions,
-             should_cancel: Callable[[], bool] | None, max_tokens: int = 1500) -> Iterator[Result]:
-        from .models import t2s as t2s_mod
+             should_cancel: Callable[[], bool] | None, max_tokens: int = 1500,
+             batches: str = "whole") -> Iterator[Result]:
+        """Segments in order, T2S batched: `batches="whole"` generates up to the batch cap at once
+        (fastest overall); `"growing"` runs 1, 2, 4, ... segments per batch, so the first audio comes
+        after one segment and each later batch is ready before the audio before it has played."""
+        from .models.t2s_batch import generate_batch
 
         t_start = time.perf_counter()
         _check_options(options)
@@ -183,36 +201,102 @@ class Synthesizer:
         prompt = self._prompt(voice, prompt_text, prompt_lang, models)
         setup = time.perf_counter() - t_start
         silence = np.zeros(int(SAMPLE_RATE * options.fragment_interval), dtype=np.float32)
-        for index, segment in enumerate(segments):
+        cap = max(1, min(int(options.batch_size), MAX_BATCH_ROWS))
+
+        def poll() -> None:
             if should_cancel is not None and should_cancel():
                 raise Cancelled("synthesis cancelled")
+
+        start, size = 0, (1 if batches == "growing" else cap)
+        if batches == "growing" and options.stream_chunk > 0:
+            poll()
+            yield from self._stream_segment(segments[0], len(segments) == 1, models, prompt, options, speed,
+                                            silence, poll, max_tokens, setup)
+            start, size = 1, min(2, cap)
+        while start < len(segments):
+            poll()
+            group = range(start, min(start + size, len(segments)))
             t0 = time.perf_counter()
-            bert = pipeline.bert(segment, self.encoders)
+            berts = pipeline.bert_many([segments[i] for i in group], self.encoders)
+            rows = [(prompt.phones + segments[i].phones, np.concatenate([prompt.bert, bert], axis=1))
+                    for i, bert in zip(group, berts, strict=True)]
             t1 = time.perf_counter()
-            seed = None if options.seed < 0 else (options.seed + index) % (2 ** 32)
-            codes = []
-            for code in t2s_mod.stream_generate(
-                    models.t2s, prompt.phones + segment.phones, np.concatenate([prompt.bert, bert], axis=1),
-                    prompt.codes, top_k=options.top_k, top_p=options.top_p, temperature=options.temperature,
-                    repetition_penalty=options.repetition_penalty, early_stop_num=models.early_stop_num,
-                    max_tokens=max_tokens, seed=seed):
-                codes.append(code)
-                # a long segment takes seconds: look for a cancellation about once a second of audio
-                if should_cancel is not None and len(codes) % CANCEL_POLL_CODES == 0 and should_cancel():
-                    raise Cancelled("synthesis cancelled")
-            codes = kept_codes(codes, models.early_stop_num, max_tokens)
+            seeds = [None if options.seed < 0 else (options.seed + i) % (2 ** 32) for i in group]
+            generated = generate_batch(
+                models.t2s, rows, prompt.codes, seeds=seeds, top_k=options.top_k, top_p=options.top_p,
+                temperature=options.temperature, repetition_penalty=options.repetition_penalty,
+                early_stop_num=models.early_stop_num, max_tokens=max_tokens, poll=poll,
+                poll_every=CANCEL_POLL_CODES)
             t2 = time.perf_counter()
-            audio = models.sovits.decode(np.asarray(codes, dtype=np.int64), segment.phones, prompt.refer_spec,
-                                         noise_scale=options.noise_scale, speed=speed, seed=seed)
+            share = {"frontend": (t1 - t0) / len(group), "t2s": (t2 - t1) / len(group)}
+            for index, codes in zip(group, generated, strict=True):
+                if index > group.start:
+                    poll()
+                segment = segments[index]
+                codes = kept_codes(codes, models.early_stop_num, max_tokens)
+                t3 = time.perf_counter()
+                audio = models.sovits.decode(np.asarray(codes, dtype=np.int64), segment.phones, prompt.refer_spec,
+                                             noise_scale=options.noise_scale, speed=speed, seed=seeds[index - start])
+                t4 = time.perf_counter()
+                audio = finish_fragment(audio, silence, fade=int(options.edge_fade * SAMPLE_RATE))
+                timings = {"frontend": share["frontend"] + (setup if index == 0 else 0.0), "t2s": share["t2s"],
+                           "sovits": t4 - t3}
+                timings["total"] = sum(timings.values())
+                logger.debug("segment %d/%d %r: %d codes, %.2fs audio, %s", index + 1, len(segments),
+                             segment.text, len(codes), audio.shape[0] / SAMPLE_RATE, timings)
+                yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
+                             is_last=index == len(segments) - 1, text=segment.text, timings=timings,
+                             real_time_factor=_rtf(timings["total"], audio.shape[0]))
+            start = group.stop
+            if batches == "growing":
+                size = min(2 * size, cap)
+
+    def _stream_segment(self, segment, is_last: bool, models: _VoiceModels, prompt: _Prompt,
+                        options: SynthesisOptions, speed: float, silence: np.ndarray, poll: Callable[[], None],
+                        max_tokens: int, setup: float) -> Iterator[Result]:
+        """Upstream's streaming mode for one segment: its codes are cut into chunks while T2S runs
+        (`chunking.py`), each chunk decoded with a little overlap and joined with SOLA (`sola.py`), so
+        audio starts after `stream_chunk` codes instead of the whole segment. Every generated code is
+        spoken, as in upstream's streaming mode."""
+        from .models import t2s as t2s_mod
+        from .sola import StreamDecoder
+
+        t0 = time.perf_counter()
+        bert = self._get_pipeline().bert_many([segment], self.encoders)[0]
+        seed = None if options.seed < 0 else options.seed % (2 ** 32)
+        codes = t2s_mod.stream_generate(
+            models.t2s, prompt.phones + segment.phones, np.concatenate([prompt.bert, bert], axis=1), prompt.codes,
+            top_k=options.top_k, top_p=options.top_p, temperature=options.temperature,
+            repetition_penalty=options.repetition_penalty, early_stop_num=models.early_stop_num,
+            max_tokens=max_tokens, seed=seed)
+        last_step = max_tokens - 1 if models.early_stop_num == -1 else min(max_tokens - 1, models.early_stop_num)
+
+        def polled(codes):
+            for count, code in enumerate(codes, 1):
+                yield code
+                if count % CANCEL_POLL_CODES == 0:
+                    poll()
+
+        decoder = StreamDecoder(models.sovits, segment.phones, prompt.refer_spec, speed=speed,
+                                noise_scale=options.noise_scale, overlap_length=options.overlap_length, seed=seed)
+        similarity = None if options.fixed_length_chunk else models.similarity()
+        fade = int(options.edge_fade * SAMPLE_RATE)
+        first, t1 = True, time.perf_counter()
+        for chunk, final in chunk_codes(polled(codes), last_step=last_step, chunk_length=options.stream_chunk,
+                                        similarity=similarity, fixed_first=True):
+            t2 = time.perf_counter()
+            audio = decoder.push(chunk, final)
             t3 = time.perf_counter()
-            audio = finish_fragment(audio, silence, fade=int(options.edge_fade * SAMPLE_RATE))
-            timings = {"frontend": t1 - t0 + (setup if index == 0 else 0.0), "t2s": t2 - t1, "sovits": t3 - t2}
+            if audio.size == 0 and not final:
+                continue
+            audio = finish_piece(audio, fade_in=fade if first else 0, fade_out=fade if final else 0,
+                                  silence=silence if final else None)
+            timings = {"frontend": (t1 - t0 + setup) if first else 0.0, "t2s": t2 - t1, "sovits": t3 - t2}
             timings["total"] = sum(timings.values())
-            logger.debug("segment %d/%d %r: %d codes, %.2fs audio, %s", index + 1, len(segments),
-                         segment.text, len(codes), audio.shape[0] / SAMPLE_RATE, timings)
-            yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
-                         is_last=index == len(segments) - 1, text=segment.text, timings=timings,
+            yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=0, is_last=final and is_last,
+                         text=segment.text if first else "", timings=timings,
                          real_time_factor=_rtf(timings["total"], audio.shape[0]))
+            first, t1 = False, time.perf_counter()
 
     # -- models and caches -------------------------------------------------------------------------
     def _models(self, voice: Voice) -> _VoiceModels:
@@ -313,17 +397,29 @@ def finish_fragment(audio: np.ndarray, silence: np.ndarray, fade: int = 0) -> np
     """Upstream's per-fragment post-processing: divide by the peak when it exceeds 1, then append the
     silence; plus (ours) a raised-cosine fade of `fade` samples at both ends, so that the step between
     speech and silence cannot click, and a clip to [-1, 32767/32768]."""
+    return finish_piece(audio, fade_in=fade, fade_out=fade, silence=silence)
+
+
+def finish_piece(audio: np.ndarray, *, fade_in: int = 0, fade_out: int = 0,
+                 silence: np.ndarray | None = None) -> np.ndarray:
+    """`finish_fragment` with separate fades: a streamed chunk is faded only at its segment's outer ends
+    (chunks join by SOLA) and only the segment's last chunk is followed by the silence."""
     audio = np.asarray(audio, dtype=np.float32)
     peak = float(np.max(np.abs(audio))) if audio.size else 0.0
     if peak > 1.0:
         audio = audio / np.float32(peak)
-    fade = min(fade, audio.shape[0] // 2)
-    if fade > 0:
+    if fade_in or fade_out:
         audio = audio.copy()
-        ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(fade, dtype=np.float32) + 0.5) / fade)).astype(np.float32)
-        audio[:fade] *= ramp
-        audio[-fade:] *= ramp[::-1]
-    return np.clip(np.concatenate([audio, silence]), -1.0, MAX_SAMPLE).astype(np.float32, copy=False)
+    for size, at_start in ((min(fade_in, audio.shape[0] // 2), True), (min(fade_out, audio.shape[0] // 2), False)):
+        if size > 0:
+            ramp = (0.5 - 0.5 * np.cos(np.pi * (np.arange(size, dtype=np.float32) + 0.5) / size)).astype(np.float32)
+            if at_start:
+                audio[:size] *= ramp
+            else:
+                audio[-size:] *= ramp[::-1]
+    if silence is not None:
+        audio = np.concatenate([audio, silence])
+    return np.clip(audio, -1.0, MAX_SAMPLE).astype(np.float32, copy=False)
 
 
 def _early_stop_num(t2s_model) -> int:

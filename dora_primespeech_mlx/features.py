@@ -63,33 +63,69 @@ def bert_features(model, tokenizer, norm_text: str, word2ph: Sequence[int]) -> n
 
     model: `models.roberta.Model`; tokenizer: `models.roberta.load_tokenizer(folder)`.
     """
-    word2ph = [int(n) for n in word2ph]
-    if len(word2ph) != len(norm_text):
-        raise PrimeSpeechError(f"word2ph has {len(word2ph)} entries for {len(norm_text)} characters of "
-                               f"{norm_text!r}: the text frontend's output is inconsistent")
-    if not norm_text:
-        return np.zeros((BERT_DIM, 0), dtype=np.float32)
-    encoding = tokenizer.encode(norm_text)
-    rows = np.repeat(_token_rows(encoding, len(norm_text)), word2ph)
-    hidden = model(mx.array([encoding.ids]))[0]
-    features = mx.take(hidden, mx.array(rows, dtype=mx.int32), axis=0).T
-    return np.array(features.astype(mx.float32))
+    return bert_features_batch(model, tokenizer, [(norm_text, word2ph)])[0]
+
+
+def bert_features_batch(model, tokenizer, texts: Sequence[tuple[str, Sequence[int]]]) -> list[np.ndarray]:
+    """`bert_features` of several (norm_text, word2ph) at once: one padded RoBERTa call (padding masked
+    out), which reads the model's weights once for all of them. A model that does not take batches
+    (`accepts_batches` False, e.g. a Core ML package) is called once per text."""
+    encoded = []
+    for norm_text, word2ph in texts:
+        word2ph = [int(n) for n in word2ph]
+        if len(word2ph) != len(norm_text):
+            raise PrimeSpeechError(f"word2ph has {len(word2ph)} entries for {len(norm_text)} characters of "
+                                   f"{norm_text!r}: the text frontend's output is inconsistent")
+        encoding = tokenizer.encode(norm_text) if norm_text else None
+        rows = np.repeat(_token_rows(encoding, len(norm_text)), word2ph) if encoding else None
+        encoded.append((encoding, rows))
+    live = [i for i, (encoding, _) in enumerate(encoded) if encoding is not None]
+    hidden: dict[int, mx.array] = {}
+    if live and getattr(model, "accepts_batches", True) and len(live) > 1:
+        width = max(len(encoded[i][0].ids) for i in live)
+        ids = np.zeros((len(live), width), dtype=np.int32)
+        keep = np.zeros((len(live), width), dtype=np.int32)
+        for row, i in enumerate(live):
+            n = len(encoded[i][0].ids)
+            ids[row, :n], keep[row, :n] = encoded[i][0].ids, 1
+        out = model(mx.array(ids), attention_mask=mx.array(keep))
+        hidden = {i: out[row] for row, i in enumerate(live)}
+    else:
+        hidden = {i: model(mx.array([encoded[i][0].ids]))[0] for i in live}
+    features = []
+    for i, (_, rows) in enumerate(encoded):
+        if i not in hidden:
+            features.append(np.zeros((BERT_DIM, 0), dtype=np.float32))
+            continue
+        picked = mx.take(hidden[i], mx.array(rows, dtype=mx.int32), axis=0).T
+        features.append(np.array(picked.astype(mx.float32)))
+    return features
 
 
 def segment_bert_features(language: str, norm_text: str, word2ph: Sequence[int] | None, n_phones: int,
                           model=None, tokenizer=None) -> np.ndarray:
     """Upstream's per-segment rule: BERT features for Chinese (`zh`/`all_zh`), zeros [1024, n_phones]
     for every other language (English, Japanese, Korean, Cantonese...). The model is only needed for zh."""
-    if language.replace("all_", "") == "zh":
-        if model is None or tokenizer is None:
-            raise PrimeSpeechError("Chinese text needs the chinese-roberta-wwm-ext-large model: "
-                                   "configure its folder")
-        features = bert_features(model, tokenizer, norm_text, word2ph or [])
-        if features.shape[1] != n_phones:
-            raise PrimeSpeechError(f"BERT features cover {features.shape[1]} phones, the text has {n_phones}: "
-                                   "the text frontend's word2ph is inconsistent")
-        return features
-    return np.zeros((BERT_DIM, n_phones), dtype=np.float32)
+    return segment_bert_features_batch([(language, norm_text, word2ph, n_phones)], model, tokenizer)[0]
+
+
+def segment_bert_features_batch(pieces: Sequence[tuple[str, str, Sequence[int] | None, int]], model=None,
+                                tokenizer=None, max_batch: int = 16) -> list[np.ndarray]:
+    """`segment_bert_features` of several (language, norm_text, word2ph, n_phones) pieces, the Chinese ones
+    through RoBERTa together, at most `max_batch` per call."""
+    chinese = [i for i, piece in enumerate(pieces) if piece[0].replace("all_", "") == "zh"]
+    if chinese and (model is None or tokenizer is None):
+        raise PrimeSpeechError("Chinese text needs the chinese-roberta-wwm-ext-large model: configure its folder")
+    out = [np.zeros((BERT_DIM, n_phones), dtype=np.float32) for _, _, _, n_phones in pieces]
+    for start in range(0, len(chinese), max_batch):
+        group = chinese[start:start + max_batch]
+        texts = [(pieces[i][1], pieces[i][2] or []) for i in group]
+        for i, features in zip(group, bert_features_batch(model, tokenizer, texts), strict=True):
+            if features.shape[1] != pieces[i][3]:
+                raise PrimeSpeechError(f"BERT features cover {features.shape[1]} phones, the text has "
+                                       f"{pieces[i][3]}: the text frontend's word2ph is inconsistent")
+            out[i] = features
+    return out
 
 
 def load_reference_16k(ref_wav_path: str | os.PathLike) -> np.ndarray:

@@ -93,15 +93,18 @@ class TextPipeline:
 
         `encoders` is the encoder backend (`encoders.select_encoder_backend`); it is touched only when
         the segment has Chinese, so English-only use never loads RoBERTa."""
-        from .features import segment_bert_features
+        return self.bert_many([segment], encoders)[0]
 
-        parts = []
-        for piece in segment.pieces:
-            if piece.lang.replace("all_", "") == "zh":
-                parts.append(segment_bert_features(piece.lang, piece.norm_text, piece.word2ph, len(piece.ids),
-                                                   encoders.roberta_model(), encoders.roberta_tokenizer()))
-            else:
-                parts.append(np.zeros((BERT_DIM, len(piece.ids)), dtype=np.float32))
-        if not parts:
-            return np.zeros((BERT_DIM, 0), dtype=np.float32)
-        return np.concatenate(parts, axis=1)
+    def bert_many(self, segments: list[Segment], encoders) -> list[np.ndarray]:
+        """`bert` of several segments, their Chinese pieces batched through RoBERTa."""
+        from .features import segment_bert_features_batch
+
+        pieces = [(p.lang, p.norm_text, p.word2ph, len(p.ids)) for segment in segments for p in segment.pieces]
+        chinese = any(lang.replace("all_", "") == "zh" for lang, *_ in pieces)
+        model, tokenizer = (encoders.roberta_model(), encoders.roberta_tokenizer()) if chinese else (None, None)
+        features = iter(segment_bert_features_batch(pieces, model, tokenizer))
+        out = []
+        for segment in segments:
+            parts = [next(features) for _ in segment.pieces]
+            out.append(np.concatenate(parts, axis=1) if parts else np.zeros((BERT_DIM, 0), dtype=np.float32))
+        return out

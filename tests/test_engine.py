@@ -61,18 +61,20 @@ def engine(voice_files):
 
 @pytest.fixture
 def short_t2s(monkeypatch):
-    """Spy on T2S generation (and cap it at 12 steps to keep the tests quick): records each call."""
-    from dora_primespeech_mlx.models import t2s
+    """Spy on batched T2S generation (capped at 12 steps to keep the tests quick): records one entry per
+    row, with the size of the batch it ran in."""
+    from dora_primespeech_mlx.models import t2s_batch
 
-    real = t2s.stream_generate
+    real = t2s_batch.generate_batch
     calls = []
 
-    def spy(model, phones, bert, prompt, **kwargs):
-        calls.append({"seed": kwargs.get("seed"), "phones": list(phones), "prompt": prompt})
+    def spy(model, rows, prompt, **kwargs):
+        for (phones, _), seed in zip(rows, kwargs["seeds"], strict=True):
+            calls.append({"seed": seed, "phones": list(phones), "prompt": prompt, "batch": len(rows)})
         kwargs["max_tokens"] = min(kwargs.get("max_tokens", 1500), 12)
-        return real(model, phones, bert, prompt, **kwargs)
+        return real(model, rows, prompt, **kwargs)
 
-    monkeypatch.setattr(t2s, "stream_generate", spy)
+    monkeypatch.setattr(t2s_batch, "generate_batch", spy)
     return calls
 
 
@@ -99,7 +101,7 @@ def test_unsupported_language_and_bad_options(engine):
 
 def test_stream_yields_first_piece_before_the_rest_is_computed(engine, short_t2s):
     voice = engine.registry.get("test")
-    options = SynthesisOptions(text_lang="zh", fragment_interval=0.3)
+    options = SynthesisOptions(text_lang="zh", fragment_interval=0.3, stream_chunk=0)  # whole segments
     stream = engine.stream(THREE_SEGMENTS, voice, options)
     first = next(stream)
     assert len(short_t2s) == 1  # only the first segment's codes exist so far
@@ -114,9 +116,34 @@ def test_stream_yields_first_piece_before_the_rest_is_computed(engine, short_t2s
         assert abs(piece.audio[0]) < 1e-3  # faded in: no step from the previous piece's silence
         assert set(piece.timings) == {"frontend", "t2s", "sovits", "total"} and piece.real_time_factor > 0
     assert [c["seed"] for c in short_t2s] == [233333, 233334, 233335]  # one seed per segment
-    whole = engine.synthesize(THREE_SEGMENTS, voice, options)  # same seeds per segment: same audio
+    assert [c["batch"] for c in short_t2s] == [1, 2, 2]  # streaming grows its batches
+    whole = engine.synthesize(THREE_SEGMENTS, voice, options)  # one batch, same seeds per segment: same audio
+    assert [c["batch"] for c in short_t2s[3:]] == [3, 3, 3]
     np.testing.assert_array_equal(whole.audio, np.concatenate([p.audio for p in pieces]))
     assert whole.is_last and whole.text == THREE_SEGMENTS
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed-length", "mute-split"])
+def test_stream_sends_the_first_segment_in_chunks(engine, short_t2s, fixed):
+    """Streaming mode: the first segment's codes go out in chunks while T2S runs (the test voice makes
+    51 codes per segment), the later segments in growing batches."""
+    voice = engine.registry.get("test")
+    options = SynthesisOptions(text_lang="zh", fragment_interval=0.3, stream_chunk=16, fixed_length_chunk=fixed)
+    pieces = list(engine.stream(THREE_SEGMENTS, voice, options))
+    first = [p for p in pieces if p.segment_index == 0]
+    assert [p.segment_index for p in pieces[len(first):]] == [1, 2] and pieces[-1].is_last
+    assert [c["batch"] for c in short_t2s] == [2, 2]  # segment 0 never went through the batch
+    if fixed:
+        assert len(first) == 4  # 16 + 16 + 16 + 3 codes
+    assert len(first) >= 2 and not any(p.is_last for p in first)
+    per_code = 1280 / voice.speed  # samples per 25 Hz code at the voice's speed
+    assert first[0].audio.shape[0] < 20 * per_code  # out after its own codes, not the segment's 51
+    assert first[0].text == "今天天气很好。" and all(p.text == "" for p in first[1:])
+    assert abs(first[0].audio[0]) < 1e-3 and np.all(first[-1].audio[-int(0.3 * 32000):] == 0)
+    spoken = sum(p.audio.shape[0] for p in first) - int(0.3 * 32000)
+    assert abs(spoken - 51 * per_code) < 4 * per_code  # every code spoken once (SOLA shifts a few samples)
+    joined = np.concatenate([p.audio for p in first])
+    assert np.all(np.isfinite(joined)) and -1.0 <= joined.min() and joined.max() <= MAX_SAMPLE
 
 
 def test_cancellation_at_segment_boundaries(engine, short_t2s):
@@ -130,11 +157,20 @@ def test_cancellation_at_segment_boundaries(engine, short_t2s):
         polls.append(1)
         return len(polls) > 1
 
-    stream = engine.stream(THREE_SEGMENTS, voice, SynthesisOptions(text_lang="zh"), should_cancel=after_first_piece)
+    stream = engine.stream(THREE_SEGMENTS, voice, SynthesisOptions(text_lang="zh", stream_chunk=0),
+                           should_cancel=after_first_piece)
     next(stream)
     with pytest.raises(Cancelled):
         next(stream)
     assert len(short_t2s) == 1
+    # streaming chunks: polled before the segment, then every CANCEL_POLL_CODES codes inside it
+    polls.clear()
+    stream = engine.stream(THREE_SEGMENTS, voice, SynthesisOptions(text_lang="zh", stream_chunk=16),
+                           should_cancel=after_first_piece)
+    assert next(stream).segment_index == 0 and len(polls) == 1
+    with pytest.raises(Cancelled):
+        next(stream)
+    assert len(polls) == 2 and len(short_t2s) == 1
 
 
 def test_cancellation_inside_a_long_segment(engine, monkeypatch):

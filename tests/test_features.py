@@ -222,3 +222,21 @@ def test_prompt_cache(tmp_path):
     memory_only.get_or_compute(clip, "2", "zh", compute)
     memory_only.get_or_compute(clip, "1", "zh", compute)
     assert len(calls) == 8
+
+
+def test_batched_bert_features_match_upstream_per_text(tiny_bert):
+    """Texts of different lengths in one padded RoBERTa call: each equals upstream's get_bert_feature on
+    its own (REL_TOL); empty texts and other languages keep their places in the batch."""
+    folder, model, tokenizer = tiny_bert
+    texts = list(ONE_TOKEN_PER_CHAR[:3])
+    word2phs = [word2ph_for(text, i) for i, text in enumerate(texts)]
+    assert len({len(t) for t in texts}) > 1, "the batch needs padding to test the mask"
+    batched = features.bert_features_batch(model, tokenizer, [*zip(texts, word2phs, strict=True), ("", [])])
+    assert batched[-1].shape == (1024, 0)
+    for text, word2ph, ours in zip(texts, word2phs, batched[:3], strict=True):
+        assert rel_err(ours, oracle.bert_feature_reference(folder, text, word2ph)) <= REL_TOL
+    pieces = [("zh", texts[0], word2phs[0], sum(word2phs[0])), ("en", "hi", None, 3),
+              ("zh", texts[1], word2phs[1], sum(word2phs[1]))]
+    out = features.segment_bert_features_batch(pieces, model, tokenizer, max_batch=1)
+    assert rel_err(out[0], batched[0]) <= REL_TOL  # one text per call (max_batch=1) or padded: the same
+    assert out[1].shape == (1024, 3) and not out[1].any() and rel_err(out[2], batched[1]) <= REL_TOL

@@ -177,6 +177,7 @@ class CoreMLBert(_CoreMLEncoder):
     """BERT through Core ML: token ids [L] or [1, L] -> hidden_states[-3] [1, L, hidden]."""
 
     kind = "roberta"
+    accepts_batches = False  # the package takes one unpadded sequence; batches go one text at a time
 
     def __init__(self, model, path, **kwargs):
         super().__init__(model, path, **kwargs)
