@@ -62,6 +62,7 @@ class NodeConfig:
     encoder_backend: str = "auto"  # PRIMESPEECH_ENCODER_BACKEND
     max_voices: int = 3  # PRIMESPEECH_MAX_VOICES
     max_text_chars: int = 5000  # PRIMESPEECH_MAX_TEXT_CHARS
+    stream_chunk: int = 16  # PRIMESPEECH_STREAM_CHUNK: codes in the first streamed chunk (0: whole segments)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> tuple[NodeConfig, list[str]]:
@@ -99,6 +100,7 @@ class NodeConfig:
             encoder_backend=env.choice("PRIMESPEECH_ENCODER_BACKEND", "auto", ENCODER_BACKENDS),
             max_voices=env.number("PRIMESPEECH_MAX_VOICES", 3, int, low=1, high=64),
             max_text_chars=env.number("PRIMESPEECH_MAX_TEXT_CHARS", 5000, int, low=1, high=1_000_000),
+            stream_chunk=env.number("PRIMESPEECH_STREAM_CHUNK", 16, int, low=0, high=1500),
         )
         return config, env.problems
 

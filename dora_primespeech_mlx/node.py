@@ -481,7 +481,7 @@ class TTSNode:
             prompt_text=c.prompt_text if use_config_prompt else None,
             speed=c.speed_factor, top_k=c.top_k, top_p=c.top_p, temperature=c.temperature, seed=c.seed,
             text_split_method=c.text_split_method, batch_size=c.batch_size, split_bucket=c.split_bucket,
-            fragment_interval=c.fragment_interval,
+            fragment_interval=c.fragment_interval, stream_chunk=c.stream_chunk,
         )
 
     def _synthesize(self, request: _Request, meta: dict[str, Any]) -> None:

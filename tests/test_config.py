@@ -16,7 +16,7 @@ DEFAULTS = {
     "temperature": 1.0, "seed": 233333, "text_split_method": "cut5", "batch_size": 100, "split_bucket": True,
     "use_gpu": False, "legacy_device": "cpu", "log_level": "INFO", "sample_rate": 32000, "num_threads": 4,
     "device": "auto", "dtype": "auto", "voices_file": None, "encoder_backend": "auto", "max_voices": 3,
-    "max_text_chars": 5000,
+    "max_text_chars": 5000, "stream_chunk": 16,
 }
 
 
@@ -37,7 +37,7 @@ def test_every_variable_is_read():
         "DEVICE": "cuda:0", "LOG_LEVEL": "debug", "SAMPLE_RATE": "16000", "NUM_THREADS": "2",
         "PRIMESPEECH_DEVICE": "CPU", "PRIMESPEECH_DTYPE": "float16", "PRIMESPEECH_VOICES_FILE": "/v.json",
         "PRIMESPEECH_ENCODER_BACKEND": "coreml", "PRIMESPEECH_MAX_VOICES": "5",
-        "PRIMESPEECH_MAX_TEXT_CHARS": "300",
+        "PRIMESPEECH_MAX_TEXT_CHARS": "300", "PRIMESPEECH_STREAM_CHUNK": "0",
     }
     config, problems = NodeConfig.from_env(env)
     assert problems == []
@@ -47,7 +47,7 @@ def test_every_variable_is_read():
         top_p=0.9, temperature=0.7, seed=-1, text_split_method="cut1", batch_size=8, split_bucket=False,
         use_gpu=True, legacy_device="cuda:0", log_level="DEBUG", sample_rate=16000, num_threads=2,
         device="cpu", dtype="float16", voices_file=Path("/v.json"), encoder_backend="coreml", max_voices=5,
-        max_text_chars=300)
+        max_text_chars=300, stream_chunk=0)
     notes = " ".join(config.notes())
     assert "USE_GPU" in notes and "PRIMESPEECH_DEVICE=cpu" in notes and "SAMPLE_RATE=16000" in notes
 
