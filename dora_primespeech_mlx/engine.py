@@ -29,6 +29,7 @@ import numpy as np
 from .chunking import chunk_codes, mute_similarity
 from .convert import converted_dir_for, source_fingerprint
 from .errors import PrimeSpeechError
+from .runtime import adapt_blas_threads
 from .voices import Voice, VoiceRegistry
 
 logger = logging.getLogger(__name__)
@@ -188,6 +189,7 @@ class Synthesizer:
         from .models.t2s_batch import generate_batch
 
         t_start = time.perf_counter()
+        adapt_blas_threads()
         _check_options(options)
         text_lang = options.text_lang or voice.text_lang
         prompt_text = voice.prompt_text if options.prompt_text is None else options.prompt_text
@@ -215,6 +217,7 @@ class Synthesizer:
             start, size = 1, min(2, cap)
         while start < len(segments):
             poll()
+            adapt_blas_threads()
             group = range(start, min(start + size, len(segments)))
             t0 = time.perf_counter()
             berts = pipeline.bert_many([segments[i] for i in group], self.encoders)

@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import glob
 import logging
+import math
 import os
 import sys
 import sysconfig
@@ -56,6 +57,89 @@ def _cpu_times(cores: set[int]) -> tuple[int, int] | None:
     return (idle, total) if total else None
 
 
+def _own_cpu_ticks() -> int | None:
+    """This process's user + system CPU time in clock ticks (the unit of /proc/stat), all threads."""
+    try:
+        with open("/proc/self/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat(5))
+
+
+class OtherLoad:
+    """How many of this process's cores OTHER processes keep busy, as a moving average over about a
+    second: the busy time of the usable cores (/proc/stat) minus this process's own CPU time
+    (/proc/self/stat), sampled every `period` seconds by a daemon thread started on first use."""
+
+    def __init__(self, period: float = 0.25, smoothing: float = 0.5):
+        self.period, self.smoothing = period, smoothing
+        self.cores = usable_cores()
+        self._value: float | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _sample(self) -> tuple[float, int, int, int] | None:
+        times, own = _cpu_times(self.cores), _own_cpu_ticks()
+        if times is None or own is None:
+            return None
+        return time.monotonic(), times[1] - times[0], times[1], own
+
+    def _run(self) -> None:
+        last = self._sample()
+        while last is not None:
+            time.sleep(self.period)
+            now = self._sample()
+            if now is None:
+                return
+            total = now[2] - last[2]
+            if total > 0:
+                busy = (now[1] - last[1]) - (now[3] - last[3])
+                cores = len(self.cores) * max(0.0, busy) / total
+                with self._lock:
+                    old = self._value
+                    self._value = cores if old is None else old + self.smoothing * (cores - old)
+            last = now
+
+    def cores_busy(self) -> float | None:
+        """Cores busy with other processes' work (0.0 .. usable cores); None before the first sample
+        or where /proc cannot be read."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="primespeech-load", daemon=True)
+            self._thread.start()
+        with self._lock:
+            return self._value
+
+
+_OTHER_LOAD: list[OtherLoad] = []
+
+
+def adapt_blas_threads() -> int | None:
+    """Re-choose OpenBLAS's thread count from the current load of other processes, when the count is
+    automatic (OPENBLAS_NUM_THREADS was not set) and no `blas_threads` block is active: all usable
+    cores while they are free, one fewer per core that other work keeps busy (more than a fifth of a
+    core counts). OpenBLAS's threads wait for each other at every product, so a thread whose core is
+    taken stalls all of them (a busy second core made two threads 1.7x slower than one). Call it
+    between requests; returns the count set, or None when nothing was changed."""
+    api = _openblas_thread_api()
+    if api is None or not _OPENBLAS_STATE.get("auto"):
+        return None
+    if not _OTHER_LOAD:
+        _OTHER_LOAD.append(OtherLoad())
+    monitor = _OTHER_LOAD[0]
+    busy = monitor.cores_busy()
+    if busy is None:
+        return None
+    threads = max(1, len(monitor.cores) - math.ceil(max(0.0, busy - 0.2)))
+    with _BLAS_LOCK:
+        if _BLAS_USERS["count"]:
+            return None
+        if api[0]() != threads:
+            logger.debug("OpenBLAS threads -> %d (other processes keep %.2f cores busy)", threads, busy)
+            api[1](threads)
+    return threads
+
+
 def usable_cores() -> set[int]:
     """The CPUs this process may run on (its affinity mask where the platform has one)."""
     try:
@@ -95,7 +179,8 @@ def preload_openblas() -> str | None:
         return None
     if not os.environ.get("OPENBLAS_NUM_THREADS"):
         os.environ["OPENBLAS_NUM_THREADS"] = str(auto_blas_threads())
-        _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (auto)"
+        _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (auto, adapts to load)"
+        _OPENBLAS_STATE["auto"] = True
     else:
         _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (OPENBLAS_NUM_THREADS)"
     errors = []

@@ -7,9 +7,11 @@ voices say for one cut5 clause). Upstream runs in a fresh process without our Op
 a warm-up synthesis; ours runs in this process after `warmup`. Both use the original node's settings
 (top_k 5, top_p 1, temperature 1, repetition penalty 1.35, cut5, noise 0.5, speed 1.1).
 
-- real-time factor: compute seconds / audio seconds for the whole text (batch mode, fragment 0.07 s);
-- first audio: seconds until the first segment's audio exists (ours: `stream`; upstream: its first
-  segment's decode, which is what its return_fragment mode hands out);
+- real-time factor: compute seconds / audio seconds for the whole text (batch mode, fragment 0.07 s;
+  ours batches the segments through T2S, upstream runs them one at a time as the original node did);
+- first audio: seconds until the first audio exists (ours: the first piece of `stream`, i.e. the first
+  streaming-mode chunk of 16 codes; upstream: its first segment's decode, which is what its
+  return_fragment mode hands out);
 - start-up: seconds from spawning `dora-primespeech`'s entry point (with a stand-in for dora's Node,
   so dora's own daemon start is not counted) until its first `status` output, weights already converted.
 """
