@@ -1,8 +1,12 @@
-"""Build step for the one native piece: the BLAS gemv forwarder of MLX's Linux CPU backend.
+"""Build step for the two optional native libraries of the Linux CPU path (both loaded with ctypes,
+never imported as Python modules; everything else is configured in pyproject.toml):
 
-Everything else is configured in pyproject.toml. The library is loaded with ctypes by
-dora_primespeech_mlx/runtime.py, never imported as a Python module. It is optional: without a C
-compiler the package installs without it and MLX uses OpenBLAS's sgemm for every product.
+- the BLAS gemv forwarder of MLX's CPU backend (loaded by dora_primespeech_mlx/runtime.py; without it
+  MLX uses OpenBLAS's sgemm for every product);
+- the encoders' CPU kernels (loaded by dora_primespeech_mlx/models/native_ops.py; without them the
+  encoders run in pure MLX).
+
+Without a C compiler the package installs without them.
 """
 
 import sys
@@ -14,5 +18,10 @@ if sys.platform.startswith("linux"):
     extensions.append(Extension("dora_primespeech_mlx.native._gemv_forward",
                                 sources=["dora_primespeech_mlx/native/gemv_forward.c"],
                                 extra_compile_args=["-O2"], optional=True))
+    # Element-wise kernels of the CPU encoders (loaded by models/kernels.py; pure-MLX paths without it).
+    extensions.append(Extension("dora_primespeech_mlx.native._encoder_kernels",
+                                sources=["dora_primespeech_mlx/native/encoder_kernels.c"],
+                                extra_compile_args=["-O3", "-Wno-psabi"], extra_link_args=["-pthread"],
+                                optional=True))
 
 setup(ext_modules=extensions)

@@ -15,7 +15,7 @@ from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from dora_primespeech_mlx.errors import PrimeSpeechError
-from dora_primespeech_mlx.models import kernels
+from dora_primespeech_mlx.models import kernels, native_ops
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
@@ -61,6 +61,7 @@ def tiny_folder(upstream):
 @pytest.mark.parametrize("seconds", [1.0, 3.3, 10.0])
 def test_last_hidden_state_matches_upstream(full_folder, full_model, seconds):
     wave = speech_like(seconds, seed=int(seconds * 10))
+    assert full_model.native_ready()  # the native CPU kernels are built and serve the full model
     ref = oracle.hubert_reference(full_folder, wave)
     ours = np.array(full_model(mx.array(wave)))
     assert ours.shape == (1, full_model.args.num_frames(wave.shape[0]), 768) == (1,) + ref.shape
@@ -80,18 +81,24 @@ def test_batch_and_unbatched_inputs_agree(tiny_folder):
         assert rel_err(single, oracle.hubert_reference(tiny_folder, waves[i])) <= REL_TOL
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "mlx"])
 @pytest.mark.parametrize("lanes", [1, 2])
-def test_cpu_lanes_match_upstream(tiny_folder, lanes):
-    # On CPU the work is split over `lanes` streams (feature-encoder pieces, then time pieces of
-    # the transformer joined only by attention); any split must give upstream's result.
+def test_cpu_lanes_match_upstream(tiny_folder, lanes, native):
+    # On CPU the work is split over `lanes` threads: with the native kernels (models/kernels.py),
+    # products split by output features and attention by time pieces; on the pure-MLX path,
+    # feature-encoder pieces, then time pieces of the transformer joined only by attention. Any
+    # split, on either path, must give upstream's result.
     model = hubert.load_model(tiny_folder)
     waves = np.stack([speech_like(2.1, seed=8), speech_like(2.1, seed=9)])
     kernels.set_lane_count(lanes)
+    native_ops.set_native_kernels(native)
     try:
         assert len(kernels.lanes()) == lanes
+        assert model.native_ready() == native
         ours = np.array(model(mx.array(waves)))
     finally:
         kernels.set_lane_count(None)
+        native_ops.set_native_kernels(True)
     for i in range(2):
         assert rel_err(ours[i], oracle.hubert_reference(tiny_folder, waves[i])) <= REL_TOL
 

@@ -16,7 +16,7 @@ from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from dora_primespeech_mlx.errors import PrimeSpeechError
-from dora_primespeech_mlx.models import kernels
+from dora_primespeech_mlx.models import kernels, native_ops
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
@@ -89,6 +89,7 @@ def tiny_folder(upstream):
 def test_hidden_state_minus_3_matches_upstream(full_folder, full_model):
     tokenizer = roberta.load_tokenizer(full_folder)
     assert len(full_model.encoder.layer) == 22  # hidden_states[-3] of 24 layers
+    assert full_model.native_ready(None)  # the native CPU kernels are built and serve the full model
     for text in SENTENCES:
         ids = tokenizer.encode(text).ids
         states = oracle.roberta_hidden_states(full_folder, text)
@@ -127,18 +128,22 @@ def test_padding_mask_matches_single_sentences(tiny_folder):
     assert rel_err(np.array(model(mx.array(b)))[0], ref) <= REL_TOL
 
 
+@pytest.mark.parametrize("native", [True, False], ids=["native", "mlx"])
 @pytest.mark.parametrize("lanes", [1, 2])
-def test_cpu_lanes_match_upstream(tiny_folder, lanes):
-    # On CPU each layer's products can be split by output features over `lanes` streams.
-
+def test_cpu_lanes_match_upstream(tiny_folder, lanes, native):
+    # On CPU each layer's products are split by output features over `lanes` threads: native
+    # kernels (models/kernels.py) or MLX streams.
     model = roberta.load_model(tiny_folder)
     tokenizer = roberta.load_tokenizer(tiny_folder)
     text = SENTENCES[0]
     kernels.set_lane_count(lanes)
+    native_ops.set_native_kernels(native)
     try:
+        assert model.native_ready(None) == native
         ours = np.array(model(mx.array(tokenizer.encode(text).ids)))[0]
     finally:
         kernels.set_lane_count(None)
+        native_ops.set_native_kernels(True)
     assert rel_err(ours, oracle.roberta_hidden_states(tiny_folder, text)[-3]) <= REL_TOL
 
 

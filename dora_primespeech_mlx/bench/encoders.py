@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from ..features import PROMPT_PAD_SAMPLES, bert_features, hubert_content
-    from ..models import hubert, roberta
+    from ..models import hubert, kernels, native_ops, roberta
     from ..oracle import encoders as oracle
     from ..runtime import openblas_status, usable_cores
 
@@ -154,5 +154,7 @@ def run(args: argparse.Namespace) -> dict:
             "mlx": mx.__version__,
             "mlx_device": str(mx.default_device()),
             "blas": openblas_status(),
+            "native_kernels": native_ops.native_blas() or False,
+            "lanes": kernels.lane_count(),
         },
     }

@@ -9,6 +9,11 @@ input, LayerNorm, then 12 post-norm transformer layers. One frame per 320 sample
 
 The official folder holds `config.json` and `pytorch_model.bin` (or `model.safetensors`) with Hugging
 Face key names; `convert` turns it into MLX safetensors once (cached in `<folder>/mlx/`).
+
+On the CPU (float32) the forward pass runs through the native kernels of `native_ops.py` where they are
+built (`Model.native_ready`): the same maths with the products on MLX's BLAS and the element-wise
+work, im2col copies, grouped positional conv and attention in C, spread over the cores. Elsewhere,
+or without the library, it runs in MLX (`over_lanes` on a multi-core CPU).
 """
 
 from __future__ import annotations
@@ -28,7 +33,28 @@ from ..convert import CONFIG_FILE, converted_model_folder, load_converted, save_
 from ..errors import PrimeSpeechError
 from ..runtime import blas_threads
 from .base import BaseModelArgs, load_weights_strict
-from .kernels import attention, gelu, lanes, split_range
+from .kernels import (
+    attention,
+    gelu,
+    lane_count,
+    lanes,
+    split_range,
+)
+from .native_ops import (
+    DerivedWeights,
+    Scratch,
+    host_view,
+    native_add_layer_norm_,
+    native_attention,
+    native_attention_available,
+    native_conv_rows,
+    native_gelu_,
+    native_grouped_conv,
+    native_linear,
+    native_pair_conv,
+    native_small_conv_gelu,
+    native_windows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +121,7 @@ class StridedConv(nn.Module):
             self.bias = mx.zeros((out_dim,))
         self.kernel = kernel
         self.stride = stride
+        self.outer_sum = DerivedWeights(lambda w: w[:, 0] + w[:, 2])  # W0 + W2 (an attribute, not a parameter)
 
     def frames(self, x: mx.array) -> mx.array:
         """[B, N, C] -> [B, T, kernel * C]: the input window of every output step."""
@@ -110,6 +137,13 @@ class StridedConv(nn.Module):
     def matrix(self) -> mx.array:
         """The weight as [kernel * in, out], matching `frames`."""
         return self.weight.reshape(self.weight.shape[0], -1).T
+
+    def native_weights(self) -> tuple[mx.array, mx.array, mx.array | None]:
+        """(weight [out, kernel * in], bias [out], W0 + W2 [out, in] for `native_ops.native_pair_conv`
+        when kernel 3 and stride 2, else None) for the native kernels."""
+        bias = self.bias if "bias" in self else mx.zeros((self.weight.shape[0],), dtype=self.weight.dtype)
+        outer = self.outer_sum(self.weight) if (self.kernel, self.stride) == (3, 2) else None
+        return self.weight.reshape(self.weight.shape[0], -1), bias, outer
 
     def __call__(self, x: mx.array) -> mx.array:
         frames = self.frames(x)
@@ -190,6 +224,53 @@ class FeatureEncoder(nn.Module):
             pieces.append(x)
         return pieces[0] if len(pieces) == 1 else mx.concatenate(pieces, axis=1)
 
+    def native(self, wave: mx.array, threads: int, scratch: Scratch, chunk: int = 64) -> np.ndarray:
+        """`__call__` for one waveform [1, N] by the native kernels on `threads` threads, as float32
+        [T, C] (a `scratch` buffer): the first layer (one input channel, norm folded) with its GELU,
+        then each layer's frames (where windows overlap) and its product with GELU, over pieces of
+        `chunk` frames."""
+        first = self.conv_layers[0]
+        weight, shift = first.folded(first.conv.frames(wave[..., None]))
+        layers = [(layer.conv.kernel, layer.conv.stride, *layer.conv.native_weights(), layer.conv.weight)
+                  for layer in self.conv_layers[1:]]
+        mx.eval(weight, shift, wave, layers)
+        samples, weight, shift = np.array(wave[0]), np.array(weight[0]), np.array(shift[0, 0])
+        stride = first.conv.stride
+        n_out = (self.first_frames(wave.shape[-1]) - self.span) // self.hop + 1
+        out = scratch("features", n_out, layers[-1][2].shape[0])
+        for j in range(0, n_out, chunk):
+            stop = min(j + chunk, n_out)
+            rows = self.hop * (stop - 1 - j) + self.span
+            x = scratch("layer0", rows, weight.shape[-1])
+            parts = split_range(rows, threads)
+            native_small_conv_gelu([samples[stride * (self.hop * j + r0):] for r0, _ in parts],
+                                   [r1 - r0 for r0, r1 in parts], stride, weight, shift,
+                                   [x[r0:r1] for r0, r1 in parts])
+            for i, (k, s, w, b, outer, w3) in enumerate(layers):
+                c = x.shape[-1]
+                rows = (rows - k) // s + 1
+                last = i == len(layers) - 1
+                if outer is not None and not last:
+                    y = scratch(f"layer{i % 2 + 1}", 2 * (-(-rows // 2)), w.shape[0])
+                    x = native_pair_conv(x, w3, outer, b, y, scratch, threads=threads)[:rows]
+                    continue
+                if k > s:
+                    frames = scratch("frames", rows, k * c)
+                    parts = split_range(rows, threads)
+                    native_windows([x.reshape(-1)[r0 * s * c:] for r0, _ in parts],
+                                   [r1 - r0 for r0, r1 in parts], s * c, k * c,
+                                   [frames[r0:r1] for r0, r1 in parts])
+                else:
+                    frames = np.ascontiguousarray(x[: s * rows].reshape(rows, s * c)[:, : k * c])
+                target = out[j:stop] if last else scratch(f"layer{i % 2 + 1}", rows, w.shape[0])
+                x = native_linear(frames, w, b, gelu=True, threads=threads, out=target)
+        return out
+
+    def first_frames(self, num_samples: int) -> int:
+        """Output frames of the first layer for `num_samples` samples."""
+        first = self.conv_layers[0].conv
+        return (num_samples - first.kernel) // first.stride + 1
+
 
 class FeatureProjection(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -214,6 +295,20 @@ class GroupedConv(nn.Module):
         self.bias = mx.zeros((dims,))
         self.groups = groups
         self.padding = kernel // 2
+        # [groups, kernel, in/groups, out/groups] for the native kernel (an attribute, not a parameter)
+        self.kernel_layout = DerivedWeights(
+            lambda w: mx.contiguous(w.reshape(groups, -1, kernel, w.shape[-1]).transpose(0, 2, 3, 1)))
+
+    def native(self, x: mx.array, threads: int) -> mx.array:
+        """Output frames [0, T) of the evaluated x [B, T, D] (without the bias-free trim: the last
+        frame of an even kernel is never computed), by the native kernel on `threads` threads."""
+        b, t, _ = x.shape
+        rows = native_conv_rows()
+        xp = mx.pad(x, [(0, 0), (self.padding, self.padding + rows - 1), (0, 0)])
+        mx.eval(xp)
+        weight = self.kernel_layout(self.weight)
+        out = [native_grouped_conv(xp[i], weight, self.bias, t, threads) for i in range(b)]
+        return mx.stack(out)
 
     def __call__(self, x: mx.array, start: int = 0, stop: int | None = None) -> mx.array:
         """Output frames [start, stop) (default: all T + 2 * padding - kernel + 1)."""
@@ -242,6 +337,13 @@ class PositionalConvEmbedding(nn.Module):
         """Frames [start, stop) (default: all T) of the embedding; the conv's extra last frame
         (even kernel) is never computed."""
         return gelu(self.conv(x, start, x.shape[1] if stop is None else stop))
+
+    def native(self, x: mx.array, threads: int) -> mx.array:
+        """The embedding of the evaluated x [B, T, D] by the native kernels (evaluated, fresh)."""
+        out = self.conv.native(x, threads)
+        mx.eval(out)
+        native_gelu_([out])
+        return out
 
 
 class Attention(nn.Module):
@@ -318,6 +420,31 @@ class EncoderLayer(nn.Module):
                 out.append(self._rest(x, a))
         return out
 
+    def native(self, x: np.ndarray, threads: int, scratch: Scratch, out: np.ndarray) -> np.ndarray:
+        """The layer on one sequence x [T, D] (float32) by the native kernels on `threads` threads,
+        into `out` (which may be x): each product split by output features, attention by time
+        pieces (each piece's queries against all keys, head by head), GELU and the residual
+        LayerNorms fused or in place."""
+        attn, ffn = self.attention, self.feed_forward
+        t, d = x.shape
+        q, k, v = (native_linear(x, lin.weight, lin.bias, threads=threads, out=scratch(name, t, d))
+                   for name, lin in (("q", attn.q_proj), ("k", attn.k_proj), ("v", attn.v_proj)))
+        context = scratch("context", t, d)
+        pieces = split_range(t, threads)
+        native_attention(*([a[r0:r1] for r0, r1 in pieces] for a in (q, k, v)), attn.num_heads, attn.scale,
+                         outs=[context[r0:r1] for r0, r1 in pieces])
+        h = native_linear(context, attn.out_proj.weight, attn.out_proj.bias, threads=threads,
+                          out=scratch("h", t, d))
+        norm = self.layer_norm
+        native_add_layer_norm_([h], [x], [h], norm.weight, norm.bias, norm.eps)
+        dense = ffn.intermediate_dense
+        inner = native_linear(h, dense.weight, dense.bias, gelu=True, threads=threads,
+                              out=scratch("inner", t, dense.weight.shape[0]))
+        y = native_linear(inner, ffn.output_dense.weight, ffn.output_dense.bias, threads=threads, out=out)
+        native_add_layer_norm_([y], [h], [y], self.final_layer_norm.weight, self.final_layer_norm.bias,
+                               self.final_layer_norm.eps)
+        return y
+
 
 class Encoder(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -345,6 +472,17 @@ class Encoder(nn.Module):
             parts = layer.over_lanes(parts, streams)
         return mx.concatenate(parts, axis=1)
 
+    def native(self, x: mx.array, threads: int, scratch: Scratch) -> np.ndarray:
+        """`__call__` for one evaluated sequence x [1, T, D] by the native kernels on `threads`
+        threads, as float32 [T, D] (a `scratch` buffer)."""
+        h = self.pos_conv_embed.native(x, threads)
+        norm = self.layer_norm
+        native_add_layer_norm_([h], [x], [h], norm.weight, norm.bias, norm.eps)
+        y = host_view(h)[0]
+        for layer in self.layers:
+            y = layer.native(y, threads, scratch, out=scratch("hidden", *y.shape))
+        return y
+
 
 class Model(nn.Module):
     """HuBERT as GPT-SoVITS uses it: waveform [B, N] (or [N]) at 16 kHz -> last hidden state [B, T, D]."""
@@ -355,6 +493,7 @@ class Model(nn.Module):
         self.feature_extractor = FeatureEncoder(args)
         self.feature_projection = FeatureProjection(args)
         self.encoder = Encoder(args)
+        self.scratch = Scratch()  # work buffers of the native CPU path (an attribute, not a parameter)
 
     def __call__(self, wave: mx.array) -> mx.array:
         if wave.ndim == 1:
@@ -362,6 +501,17 @@ class Model(nn.Module):
         if self.args.num_frames(wave.shape[-1]) < 1:
             raise PrimeSpeechError(f"audio too short for HuBERT: {wave.shape[-1]} samples")
         wave = wave.astype(self.feature_projection.projection.weight.dtype)
+        if self.native_ready():
+            # CPU: each waveform through the native kernels, one thread per lane, one BLAS thread each.
+            threads = lane_count()
+            out = []
+            with self.scratch.lock, blas_threads(1):
+                for i in range(wave.shape[0]):
+                    feats = self.feature_extractor.native(wave[i: i + 1], threads, self.scratch)
+                    x = self.feature_projection(mx.array(feats)[None])
+                    mx.eval(x)
+                    out.append(mx.array(self.encoder.native(x, threads, self.scratch)))
+            return mx.stack(out)
         streams = lanes()
         if len(streams) == 1:
             return self.encoder(self.feature_projection(self.feature_extractor(wave)))
@@ -370,6 +520,16 @@ class Model(nn.Module):
             out = self.encoder(self.feature_projection(self.feature_extractor(wave, streams)), streams)
             mx.eval(out)
         return out
+
+    def native_ready(self) -> bool:
+        """Whether the native CPU kernels serve this model (native_ops.native_attention_available): built and
+        enabled, on the CPU, float32, and widths they take (multiples of 16; positional-conv groups
+        of at most 48 channels), and the global cblas_sgemm bound. Each waveform of a batch then
+        runs on its own."""
+        a = self.args
+        group = a.hidden_size // a.num_conv_pos_embedding_groups
+        return (native_attention_available() and self.feature_projection.projection.weight.dtype == mx.float32
+                and a.hidden_size % 16 == 0 and group % 16 == 0 and group <= 48)
 
     @staticmethod
     def sanitize(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -5,6 +5,8 @@ encoder layer 21 (0-based; hidden_states[0] is the embedding output), so only th
 run and the last two layers, the pooler and the MLM head are dropped at conversion. Embeddings:
 word + absolute position + token type, LayerNorm (eps 1e-12); layers are post-norm with exact (erf)
 GELU. Text is tokenised by the folder's own `tokenizer.json` through the `tokenizers` library.
+On the CPU (float32, no padding) the layers run through the native kernels of `native_ops.py` where
+they are built (`Model.native_ready`), in MLX otherwise.
 """
 
 from __future__ import annotations
@@ -29,7 +31,19 @@ from .hubert import (
     read_hf_weights,
     storage_dtype,
 )
-from .kernels import attention, gelu, lanes, split_range
+from .kernels import (
+    attention,
+    gelu,
+    lane_count,
+    lanes,
+    split_range,
+)
+from .native_ops import (
+    native_add_layer_norm_,
+    native_attention,
+    native_attention_available,
+    native_linear,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +196,27 @@ class Layer(nn.Module):
                 pieces.append(self.intermediate(a, first, last))
         return self.output.over_lanes(mx.concatenate(pieces, axis=-1), a, streams)
 
+    def native(self, x: np.ndarray, threads: int) -> np.ndarray:
+        """The layer on one unmasked sequence x [L, hidden] (float32) by the native kernels: each
+        product split by output features over `threads` threads (each reads only its rows of the
+        weight, as `over_lanes`), attention by query rows, GELU and the residual LayerNorms fused or
+        in place."""
+        sa, out, ffn_out = self.attention.self, self.attention.output, self.output
+        q, k, v = (native_linear(x, lin.weight, lin.bias, threads=threads)
+                   for lin in (sa.query, sa.key, sa.value))
+        context = np.empty_like(q)
+        pieces = split_range(x.shape[0], threads)  # query rows per thread, each against all keys
+        native_attention(*([a[r0:r1] for r0, r1 in pieces] for a in (q, k, v)), sa.num_heads, sa.scale,
+                         outs=[context[r0:r1] for r0, r1 in pieces])
+        a = native_linear(context, out.dense.weight, out.dense.bias, threads=threads)
+        native_add_layer_norm_([a], [x], [a], out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
+        h = native_linear(a, self.intermediate.dense.weight, self.intermediate.dense.bias, gelu=True,
+                          threads=threads)
+        y = native_linear(h, ffn_out.dense.weight, ffn_out.dense.bias, threads=threads)
+        norm = ffn_out.LayerNorm
+        native_add_layer_norm_([y], [a], [y], norm.weight, norm.bias, norm.eps)
+        return y
+
 
 class Encoder(nn.Module):
     def __init__(self, args: ModelArgs):
@@ -213,6 +248,17 @@ class Model(nn.Module):
         if token_type_ids is None:
             token_type_ids = mx.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
+        if self.native_ready(attention_mask):
+            # One sequence at a time through the native kernels, products split over the cores.
+            mx.eval(x)
+            threads = lane_count()
+            with blas_threads(1):
+                out = []
+                for row in np.array(x.astype(mx.float32)):
+                    for layer in self.encoder.layer:
+                        row = layer.native(row, threads)
+                    out.append(row)
+            return mx.array(np.stack(out))
         mask = None
         if attention_mask is not None:
             # Additive key-padding mask, as BERT's extended attention mask.
@@ -226,6 +272,15 @@ class Model(nn.Module):
             out = self.encoder(x, mask, streams)
             mx.eval(out)
         return out
+
+    def native_ready(self, attention_mask: mx.array | None) -> bool:
+        """Whether the native CPU kernels serve this call (native_ops.native_attention_available): built
+        and enabled, on the CPU, float32 weights, widths that are multiples of 16, and no padding
+        (no mask, or one that keeps every token)."""
+        a = self.args
+        return (native_attention_available() and self.embeddings.LayerNorm.weight.dtype == mx.float32
+                and a.hidden_size % 16 == 0 and a.intermediate_size % 16 == 0
+                and (attention_mask is None or bool(mx.all(attention_mask != 0))))
 
     @staticmethod
     def sanitize(weights: dict[str, np.ndarray], args: ModelArgs) -> dict[str, np.ndarray]:
