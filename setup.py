@@ -17,7 +17,7 @@ extensions = []
 if sys.platform.startswith("linux"):
     extensions.append(Extension("dora_primespeech_mlx.native._gemv_forward",
                                 sources=["dora_primespeech_mlx/native/gemv_forward.c"],
-                                extra_compile_args=["-O2"], optional=True))
+                                extra_compile_args=["-O3"], extra_link_args=["-pthread"], optional=True))
     # Element-wise kernels of the CPU encoders (loaded by models/kernels.py; pure-MLX paths without it).
     extensions.append(Extension("dora_primespeech_mlx.native._encoder_kernels",
                                 sources=["dora_primespeech_mlx/native/encoder_kernels.c"],

@@ -220,6 +220,7 @@ def _load_gemv_forward(openblas: ctypes.CDLL) -> None:
         pointers = [ctypes.cast(getattr(openblas, name), ctypes.c_void_p) for name in ("cblas_sgemm", "cblas_sgemv")]
         if forward.primespeech_bind_blas(*pointers) != 0:
             raise OSError("binding to OpenBLAS failed")
+        forward.primespeech_bind_threads(ctypes.cast(openblas.openblas_get_num_threads, ctypes.c_void_p))
     except (OSError, AttributeError) as exc:
         logger.warning("gemv forwarding unavailable (%s): OpenBLAS's sgemm serves every product", exc)
         return
@@ -233,6 +234,15 @@ def gemv_forwarded_calls() -> int | None:
         return None
     forward.primespeech_forwarded_calls.restype = ctypes.c_long
     return int(forward.primespeech_forwarded_calls())
+
+
+def skinny_product_calls() -> int | None:
+    """How many 2..16-row products the forwarder has computed itself; None when it is not loaded."""
+    forward = _OPENBLAS_STATE.get("forward_lib")
+    if forward is None:
+        return None
+    forward.primespeech_skinny_calls.restype = ctypes.c_long
+    return int(forward.primespeech_skinny_calls())
 
 
 def openblas_status() -> str:

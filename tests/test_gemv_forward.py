@@ -128,3 +128,68 @@ def test_full_matrices_stay_on_sgemm(mx):
     out, calls = forwarded(mx, lambda: mx.array(a) @ mx.array(b))
     close(out, a.astype(np.float64) @ b)
     assert calls == 0
+
+
+def skinny(mx, fn) -> tuple[object, int]:
+    before = runtime.skinny_product_calls()
+    out = fn()
+    mx.eval(out)
+    return out, runtime.skinny_product_calls() - before
+
+
+@pytest.mark.parametrize("rows", [2, 3, 4, 5, 12, 16])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_skinny_products_against_a_transposed_weight(mx, rows, threads):
+    """2..16 rows times a [out, in] weight (batched decoding): computed by the forwarder itself, on one
+    thread or split with its helper thread, odd sizes (tails of the 16-wide loop, an odd weight-row
+    count) included; a bias through addmm with alpha and beta."""
+    rng = np.random.default_rng(rows)
+    k, n = 515, 771
+    x = rng.standard_normal((rows, k)).astype(np.float32)
+    w = rng.standard_normal((n, k)).astype(np.float32)
+    bias = rng.standard_normal(n).astype(np.float32) * 10
+    with runtime.blas_threads(threads):
+        out, calls = skinny(mx, lambda: mx.array(x) @ mx.array(w).T)
+        close(out, x.astype(np.float64) @ w.T.astype(np.float64))
+        assert calls == 1
+        out, calls = skinny(mx, lambda: mx.addmm(mx.array(bias), mx.array(x), mx.array(w).T, alpha=0.5, beta=2.0))
+        close(out, 0.5 * (x.astype(np.float64) @ w.T) + 2.0 * bias)
+        assert calls == 1
+
+
+def test_skinny_strided_rows_and_other_shapes(mx):
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((6, 300)).astype(np.float32)
+    w = rng.standard_normal((200, 280)).astype(np.float32)
+    padded = mx.array(np.pad(x, ((0, 0), (7, 13))))[:, 7:287]  # rows with lda > k
+    out, calls = skinny(mx, lambda: padded @ mx.array(w).T)
+    close(out, x[:, :280].astype(np.float64) @ w.T)
+    assert calls == 1
+    cases = {  # rows, weight [out, in] or [in, out], out: none of them is a skinny product
+        "17 rows (sgemm)": (rng.standard_normal((17, 64)), mx.array(rng.standard_normal((96, 64)).astype(np.float32)).T),
+        "weight not transposed": (rng.standard_normal((4, 64)), mx.array(rng.standard_normal((64, 96)).astype(np.float32))),
+        "too few outputs": (rng.standard_normal((4, 64)), mx.array(rng.standard_normal((32, 64)).astype(np.float32)).T),
+    }
+    for name, (a, weight) in cases.items():
+        a = a.astype(np.float32)
+        out, calls = skinny(mx, lambda a=a, weight=weight: mx.array(a) @ weight)
+        close(out, a.astype(np.float64) @ np.array(weight).astype(np.float64))
+        assert calls == 0, name
+
+
+def test_skinny_products_from_two_streams_at_once(mx):
+    """Two MLX CPU streams multiplying concurrently: the helper thread serves one, the other runs alone."""
+    rng = np.random.default_rng(11)
+    x = [rng.standard_normal((8, 512)).astype(np.float32) for _ in range(2)]
+    w = rng.standard_normal((2048, 512)).astype(np.float32)
+    weight = mx.array(w).T
+    streams = [mx.default_stream(mx.cpu), mx.new_stream(mx.cpu)]
+    with runtime.blas_threads(2):
+        outs = []
+        for _ in range(20):
+            for xi, stream in zip(x, streams, strict=True):
+                with mx.stream(stream):
+                    outs.append(mx.array(xi) @ weight)
+        mx.eval(outs)
+    for i, out in enumerate(outs):
+        close(out, x[i % 2].astype(np.float64) @ w.T)
