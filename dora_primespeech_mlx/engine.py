@@ -107,6 +107,10 @@ class _Prompt:
     codes: np.ndarray | None  # prompt semantic codes; None without a prompt text
     refer_spec: np.ndarray  # [1025, frames]
 
+    def t2s_row(self, segment, bert: np.ndarray) -> tuple[list[int], np.ndarray]:
+        """T2S input for a segment: prompt + segment phones, and their BERT features side by side."""
+        return self.phones + segment.phones, np.concatenate([self.bert, bert], axis=1)
+
 
 class Synthesizer:
     """Text -> speech for any registered or ad-hoc voice; models loaded once and kept in LRU caches.
@@ -189,7 +193,6 @@ class Synthesizer:
         from .models.t2s_batch import generate_batch
 
         t_start = time.perf_counter()
-        adapt_blas_threads()
         _check_options(options)
         text_lang = options.text_lang or voice.text_lang
         prompt_text = voice.prompt_text if options.prompt_text is None else options.prompt_text
@@ -212,6 +215,7 @@ class Synthesizer:
         start, size = 0, (1 if batches == "growing" else cap)
         if batches == "growing" and options.stream_chunk > 0:
             poll()
+            adapt_blas_threads()
             yield from self._stream_segment(segments[0], len(segments) == 1, models, prompt, options, speed,
                                             silence, poll, max_tokens, setup)
             start, size = 1, min(2, cap)
@@ -221,10 +225,9 @@ class Synthesizer:
             group = range(start, min(start + size, len(segments)))
             t0 = time.perf_counter()
             berts = pipeline.bert_many([segments[i] for i in group], self.encoders)
-            rows = [(prompt.phones + segments[i].phones, np.concatenate([prompt.bert, bert], axis=1))
-                    for i, bert in zip(group, berts, strict=True)]
+            rows = [prompt.t2s_row(segments[i], bert) for i, bert in zip(group, berts, strict=True)]
             t1 = time.perf_counter()
-            seeds = [None if options.seed < 0 else (options.seed + i) % (2 ** 32) for i in group]
+            seeds = [_segment_seed(options, i) for i in group]
             generated = generate_batch(
                 models.t2s, rows, prompt.codes, seeds=seeds, top_k=options.top_k, top_p=options.top_p,
                 temperature=options.temperature, repetition_penalty=options.repetition_penalty,
@@ -266,13 +269,11 @@ class Synthesizer:
 
         t0 = time.perf_counter()
         bert = self._get_pipeline().bert_many([segment], self.encoders)[0]
-        seed = None if options.seed < 0 else options.seed % (2 ** 32)
+        seed = _segment_seed(options, 0)
         codes = t2s_mod.stream_generate(
-            models.t2s, prompt.phones + segment.phones, np.concatenate([prompt.bert, bert], axis=1), prompt.codes,
-            top_k=options.top_k, top_p=options.top_p, temperature=options.temperature,
-            repetition_penalty=options.repetition_penalty, early_stop_num=models.early_stop_num,
-            max_tokens=max_tokens, seed=seed)
-        last_step = max_tokens - 1 if models.early_stop_num == -1 else min(max_tokens - 1, models.early_stop_num)
+            models.t2s, *prompt.t2s_row(segment, bert), prompt.codes, top_k=options.top_k, top_p=options.top_p,
+            temperature=options.temperature, repetition_penalty=options.repetition_penalty,
+            early_stop_num=models.early_stop_num, max_tokens=max_tokens, seed=seed)
 
         def polled(codes):
             for count, code in enumerate(codes, 1):
@@ -285,6 +286,7 @@ class Synthesizer:
         similarity = None if options.fixed_length_chunk else models.similarity()
         fade = int(options.edge_fade * SAMPLE_RATE)
         first, t1 = True, time.perf_counter()
+        last_step = t2s_mod.last_step(max_tokens, models.early_stop_num)
         for chunk, final in chunk_codes(polled(codes), last_step=last_step, chunk_length=options.stream_chunk,
                                         similarity=similarity, fixed_first=True):
             t2 = time.perf_counter()
@@ -436,6 +438,11 @@ def kept_codes(codes: list[int], early_stop_num: int, max_tokens: int) -> list[i
     step cap) stopped it, since the last step's code is then kept and idx counts steps from 0."""
     limited = (early_stop_num != -1 and len(codes) > early_stop_num) or len(codes) >= max_tokens
     return codes[1:] if limited and len(codes) > 1 else codes
+
+
+def _segment_seed(options: SynthesisOptions, index: int) -> int | None:
+    """Segment `index`'s sampling seed: the request's seed + index (None: random, for seed -1)."""
+    return None if options.seed < 0 else (options.seed + index) % (2 ** 32)
 
 
 def _rtf(seconds: float, samples: int) -> float:

@@ -80,7 +80,6 @@ def bert_features_batch(model, tokenizer, texts: Sequence[tuple[str, Sequence[in
         rows = np.repeat(_token_rows(encoding, len(norm_text)), word2ph) if encoding else None
         encoded.append((encoding, rows))
     live = [i for i, (encoding, _) in enumerate(encoded) if encoding is not None]
-    hidden: dict[int, mx.array] = {}
     if live and getattr(model, "accepts_batches", True) and len(live) > 1:
         width = max(len(encoded[i][0].ids) for i in live)
         ids = np.zeros((len(live), width), dtype=np.int32)

@@ -227,22 +227,23 @@ def _load_gemv_forward(openblas: ctypes.CDLL) -> None:
     _OPENBLAS_STATE["forward_lib"] = forward
 
 
-def gemv_forwarded_calls() -> int | None:
-    """How many products the gemv forwarder has handed to sgemv so far; None when it is not loaded."""
+def _forwarder_count(symbol: str) -> int | None:
     forward = _OPENBLAS_STATE.get("forward_lib")
     if forward is None:
         return None
-    forward.primespeech_forwarded_calls.restype = ctypes.c_long
-    return int(forward.primespeech_forwarded_calls())
+    counter = getattr(forward, symbol)
+    counter.restype = ctypes.c_long
+    return int(counter())
+
+
+def gemv_forwarded_calls() -> int | None:
+    """How many products the gemv forwarder has handed to sgemv so far; None when it is not loaded."""
+    return _forwarder_count("primespeech_forwarded_calls")
 
 
 def skinny_product_calls() -> int | None:
     """How many 2..16-row products the forwarder has computed itself; None when it is not loaded."""
-    forward = _OPENBLAS_STATE.get("forward_lib")
-    if forward is None:
-        return None
-    forward.primespeech_skinny_calls.restype = ctypes.c_long
-    return int(forward.primespeech_skinny_calls())
+    return _forwarder_count("primespeech_skinny_calls")
 
 
 def openblas_status() -> str:

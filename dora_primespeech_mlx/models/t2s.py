@@ -445,6 +445,37 @@ def _check_inputs(model: Model, phones, bert, prompt) -> tuple[mx.array, mx.arra
     return mx.array(phones.astype(np.int32)), bert, prompt
 
 
+def last_step(max_tokens: int, early_stop_num: int) -> int:
+    """The decode step whose code ends decoding when no EOS comes first: the one that crosses
+    `early_stop_num` (-1: no limit) or the one at max_tokens - 1; its code is kept."""
+    last = max_tokens - 1
+    if early_stop_num != -1:
+        last = min(last, max(early_stop_num, 0))
+    return last
+
+
+def decode_into_cache(decode: Callable, cache: list[KVCache], tokens: mx.array, position: mx.array,
+                      windows: dict[int, mx.array], valid_from: mx.array | None = None) -> mx.array:
+    """One decode step (`Model.compiled_decode_step`) of `tokens` [B] at audio `position` [1, D]: their
+    keys and values go into the next cache position, and the logits [B, vocab] of the next codes come
+    back. Attention reads a window growing WINDOW_STEP positions at a time, not the whole buffer: fewer
+    masked-out scores to exponentiate, for one retrace every WINDOW_STEP steps (`windows` keeps the
+    window index arrays between steps)."""
+    offset = cache[0].offset
+    for c in cache:
+        c.reserve(1, c.keys)
+        c.offset += 1
+    width = min(-(-(offset + 1) // WINDOW_STEP) * WINDOW_STEP, cache[0].capacity)
+    if width not in windows:
+        windows[width] = mx.arange(width)
+    kv = [a for c in cache for a in (c.keys, c.values)]
+    call = (tokens, position, mx.array(offset, dtype=mx.int32), windows[width], kv)
+    logits, kv = decode(*call) if valid_from is None else decode(*call, valid_from)
+    for i, c in enumerate(cache):
+        c.keys, c.values = kv[2 * i], kv[2 * i + 1]
+    return logits
+
+
 def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | None = 15,
                     top_p: float | None = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.35,
                     early_stop_num: int = -1, max_tokens: int = MAX_DECODE_STEPS,
@@ -481,32 +512,14 @@ def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | Non
     positions = model.ar_audio_position.positions(n_prompt, max_tokens)
     decode = model.compiled_decode_step()
 
-    # the last step is known in advance unless EOS comes first: the code that crosses early_stop_num
-    # or the one at max_tokens - 1 is kept and ends decoding
-    last = max_tokens - 1
-    if early_stop_num != -1:
-        last = min(last, max(early_stop_num, 0))
-
+    last = last_step(max_tokens, early_stop_num)
     windows: dict[int, mx.array] = {}
 
     def step(idx, logits, seen, key):
         token, stop, seen, key = token_step(logits, seen, key, blocked if idx < EOS_BLOCKED_STEPS else free)
         if idx == last:
             return token, stop, None, None, None
-        offset = cache[0].offset
-        for c in cache:
-            c.reserve(1, c.keys)
-            c.offset += 1
-        # attention reads a window growing WINDOW_STEP positions at a time, not the whole buffer:
-        # fewer masked-out scores to exponentiate, for one retrace every WINDOW_STEP steps
-        width = min(-(-(offset + 1) // WINDOW_STEP) * WINDOW_STEP, cache[0].capacity)
-        if width not in windows:
-            windows[width] = mx.arange(width)
-        kv = [a for c in cache for a in (c.keys, c.values)]
-        logits, kv = decode(token, positions[idx:idx + 1], mx.array(offset, dtype=mx.int32), windows[width],
-                            kv)
-        for i, c in enumerate(cache):
-            c.keys, c.values = kv[2 * i], kv[2 * i + 1]
+        logits = decode_into_cache(decode, cache, token, positions[idx:idx + 1], windows)
         return token, stop, logits, seen, key
 
     # Pipelined: the graph of step idx+1 is built and queued before step idx's code is read back.

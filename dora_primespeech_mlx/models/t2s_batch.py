@@ -24,12 +24,13 @@ from .kernels import lanes, split_range
 from .t2s import (
     EOS_BLOCKED_STEPS,
     MAX_DECODE_STEPS,
-    WINDOW_STEP,
     KVCache,
     Model,
     _check_inputs,
     _make_token_step,
     _seen_mask,
+    decode_into_cache,
+    last_step,
 )
 
 
@@ -116,9 +117,7 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
     positions = model.ar_audio_position.positions(n_prompt, max_tokens)
     decode = model.compiled_decode_step()
 
-    last = max_tokens - 1
-    if early_stop_num != -1:
-        last = min(last, max(early_stop_num, 0))
+    last = last_step(max_tokens, early_stop_num)
 
     def sample(idx: int, logits: mx.array, seen: list, keys: list):
         flag = blocked if idx < EOS_BLOCKED_STEPS else free
@@ -128,22 +127,6 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
         return tokens, stops, [o[2] for o in out], [o[3] for o in out]
 
     windows: dict[int, mx.array] = {}
-
-    def advance(idx: int, tokens: mx.array, kv_rows: mx.array | None):
-        """Decode step idx's codes into the cache; the logits for step idx + 1."""
-        offset = cache[0].offset
-        for c in cache:
-            c.reserve(1, c.keys)
-            c.offset += 1
-        width = min(-(-(offset + 1) // WINDOW_STEP) * WINDOW_STEP, cache[0].capacity)
-        if width not in windows:
-            windows[width] = mx.arange(width)
-        kv = [a for c in cache for a in (c.keys, c.values)]
-        call = (tokens, positions[idx:idx + 1], mx.array(offset, dtype=mx.int32), windows[width], kv)
-        logits, kv = decode(*call) if kv_rows is None else decode(*call, kv_rows)
-        for i, c in enumerate(cache):
-            c.keys, c.values = kv[2 * i], kv[2 * i + 1]
-        return logits
 
     results: list[list[int]] = [[] for _ in range(batch)]
     live = list(range(batch))  # original row index of each batch row
@@ -155,7 +138,7 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
         # queue step idx + 1 (all current rows) before reading step idx back
         nxt = None
         if idx < last:
-            logits = advance(idx, tokens, valid_from)
+            logits = decode_into_cache(decode, cache, tokens, positions[idx:idx + 1], windows, valid_from)
             nxt = sample(idx + 1, logits, seen, keys)
             mx.async_eval(nxt[0], nxt[1])
         codes, stopped = np.array(tokens).tolist(), np.array(stops).tolist()
