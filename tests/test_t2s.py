@@ -49,21 +49,6 @@ def _one_blas_thread(upstream):
         lib.openblas_set_num_threads(blas_threads)
 
 
-def _setup(tmp_path_factory, name, config, seed):
-    ref, path = oracle.write_random_checkpoint(tmp_path_factory.mktemp(name) / f"{name}.ckpt", config, seed)
-    return ref, t2s.load_model(path), path
-
-
-@pytest.fixture(scope="session")
-def small(tmp_path_factory, upstream):
-    return _setup(tmp_path_factory, "small", oracle.SMALL_CONFIG, seed=1)
-
-
-@pytest.fixture(scope="session")
-def full(tmp_path_factory, upstream):
-    return _setup(tmp_path_factory, "full", oracle.FULL_CONFIG, seed=0)
-
-
 def _forced_logits(model, phones, bert, prompt, codes):
     """Our logits of the prefill and of each decode step fed with `codes` (teacher forcing)."""
     n_prompt = 0 if prompt is None else len(prompt)
@@ -84,7 +69,7 @@ def _forced_logits(model, phones, bert, prompt, codes):
 @pytest.mark.parametrize("size", ["small", "full"])
 @pytest.mark.parametrize("with_prompt", [True, False], ids=["prompt", "no-prompt"])
 def test_greedy_matches_upstream(request, size, with_prompt):
-    ref, model, _ = request.getfixturevalue(size)
+    ref, model, _ = request.getfixturevalue(f"t2s_{size}")
     phones, bert, prompt = oracle.random_inputs(45, 90 if with_prompt else 0, seed=11)
     prompt = prompt if with_prompt else None
     up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=N_GREEDY - 1)
@@ -100,8 +85,8 @@ def test_greedy_matches_upstream(request, size, with_prompt):
         assert rel_err(o, u) < REL_TOL, f"step {i}: REL {rel_err(o, u):.2e}"
 
 
-def test_greedy_with_repetition_penalty_matches_upstream(small):
-    ref, model, _ = small
+def test_greedy_with_repetition_penalty_matches_upstream(t2s_small):
+    ref, model, _ = t2s_small
     phones, bert, prompt = oracle.random_inputs(30, 40, seed=5)
     kw = dict(GREEDY, repetition_penalty=1.35)
     up = oracle.run_naive(ref, phones, bert, prompt, **kw, early_stop_num=80)
@@ -132,9 +117,9 @@ def _set_eos_row(ref, model, row):
     return restore
 
 
-def test_eos_masked_before_step_11(small):
+def test_eos_masked_before_step_11(t2s_small):
     """EOS made the argmax at every step: upstream and ours still produce the first 11 codes unchanged."""
-    ref, model, _ = small
+    ref, model, _ = t2s_small
     phones, bert, prompt = oracle.random_inputs(30, 40, seed=7)
     base = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=30).codes
     # the final LayerNorm's bias dominates every hidden state: a big multiple of it wins every step
@@ -149,10 +134,10 @@ def test_eos_masked_before_step_11(small):
     assert ours == up.codes
 
 
-def test_eos_argmax_stop_matches_upstream(small):
+def test_eos_argmax_stop_matches_upstream(t2s_small):
     """EOS's row a copy of code X's, scaled by 1.01, X being the greedy code of a step >= 11 (and, when
     possible, also of a step < 11, where EOS is masked): decoding stops by that step, EOS dropped."""
-    ref, model, _ = small
+    ref, model, _ = t2s_small
     phones, bert, prompt = oracle.random_inputs(30, 40, seed=7)
     base = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=60).codes
     late = [k for k in range(11, len(base)) if base[k] in base[:11]] or [20]
@@ -168,12 +153,12 @@ def test_eos_argmax_stop_matches_upstream(small):
     assert t2s.upstream_kept_codes(ours, has_prompt=True) == (list(prompt) + up.codes)[-up.idx:]
 
 
-def test_sampled_eos_stops(small):
+def test_sampled_eos_stops(t2s_small):
     """Code X made the argmax at every step and EOS always the runner-up, within reach of sampling:
     decoding stops when EOS is sampled although it is not the argmax (upstream's second stop rule)."""
     import torch
 
-    ref, model, _ = small
+    ref, model, _ = t2s_small
     phones, bert, prompt = oracle.random_inputs(30, 40, seed=7)
     x_code = 77
     row = (50 * ref.h.layers[-1].norm2.bias.detach()).half().float()
@@ -200,8 +185,8 @@ def test_sampled_eos_stops(small):
     assert len({len(c) for c in runs}) > 1  # the stop step depends on the draws
 
 
-def test_early_stop_and_cap_match_upstream(small, monkeypatch):
-    ref, model, _ = small
+def test_early_stop_and_cap_match_upstream(t2s_small, monkeypatch):
+    ref, model, _ = t2s_small
     phones, bert, prompt = oracle.random_inputs(25, 20, seed=2)
     up = oracle.run_naive(ref, phones, bert, prompt, **GREEDY, early_stop_num=17)
     assert len(up.codes) == 18 and up.idx == 17  # the step that crosses the limit keeps its code
@@ -220,8 +205,8 @@ def test_early_stop_and_cap_match_upstream(small, monkeypatch):
     assert t2s.generate(model, phones, bert, prompt, **GREEDY, max_tokens=0) == [0]
 
 
-def test_stream_generate_yields_the_same_codes(small):
-    _, model, _ = small
+def test_stream_generate_yields_the_same_codes(t2s_small):
+    _, model, _ = t2s_small
     phones, bert, prompt = oracle.random_inputs(25, 20, seed=4)
     kw = dict(top_k=5, top_p=0.9, temperature=0.8, repetition_penalty=1.35, seed=3, max_tokens=40)
     streamed = t2s.stream_generate(model, phones, bert, prompt, **kw)
@@ -232,16 +217,16 @@ def test_stream_generate_yields_the_same_codes(small):
 # ------------------------------------------------------------------------ conversion, config, loading
 
 
-def test_args_from_checkpoint_config(small):
-    _, model, _ = small
+def test_args_from_checkpoint_config(t2s_small):
+    _, model, _ = t2s_small
     assert model.args.n_layer == 2 and model.args.phoneme_vocab_size == 732 and model.args.head == 16
     assert model.args.early_stop_num == 50 * 54
     v1 = t2s.ModelArgs.from_checkpoint_config(oracle.make_config(phoneme_vocab_size=512, n_layer=12))
     assert (v1.phoneme_vocab_size, v1.n_layer) == (512, 12)
 
 
-def test_load_model_caches_conversion_and_accepts_the_folder(small):
-    _, model, path = small
+def test_load_model_caches_conversion_and_accepts_the_folder(t2s_small):
+    _, model, path = t2s_small
     folder = path.with_suffix(".mlx")
     assert (folder / "model.safetensors").is_file() and (folder / "config.json").is_file()
     again = t2s.load_model(folder)
@@ -249,10 +234,10 @@ def test_load_model_caches_conversion_and_accepts_the_folder(small):
     assert again.ar_predict_layer.weight.dtype == mx.float32
 
 
-def test_cli_convert(small, tmp_path):
+def test_cli_convert(t2s_small, tmp_path):
     from dora_primespeech_mlx.cli import main
 
-    _, _, path = small
+    _, _, path = t2s_small
     assert main(["convert", "--gpt", str(path), "--out", str(tmp_path / "out")]) == 0
     assert t2s.load_model(tmp_path / "out").args.n_layer == 2
 

@@ -29,21 +29,6 @@ def _single_thread(torch_single_thread):
     yield
 
 
-def _setup(tmp_path_factory, name, config, seed):
-    ref, path = oracle.write_random_checkpoint(tmp_path_factory.mktemp(name) / f"{name}.ckpt", config, seed)
-    return ref, t2s.load_model(path)
-
-
-@pytest.fixture(scope="module")
-def small(tmp_path_factory, upstream):
-    return _setup(tmp_path_factory, "small", oracle.SMALL_CONFIG, seed=1)
-
-
-@pytest.fixture(scope="module")
-def full(tmp_path_factory, upstream):
-    return _setup(tmp_path_factory, "full", oracle.FULL_CONFIG, seed=0)
-
-
 def _rows(lengths, n_prompt, seed=11):
     rows, prompt = [], None
     for i, n in enumerate(lengths):
@@ -83,7 +68,7 @@ def _batched_logits(model, rows, prompt, codes_per_row):
 @pytest.mark.parametrize("size,steps", [("small", 150), ("full", 60)])
 @pytest.mark.parametrize("with_prompt", [True, False], ids=["prompt", "no-prompt"])
 def test_batch_greedy_matches_upstream_row_by_row(request, size, steps, with_prompt):
-    ref, model = request.getfixturevalue(size)
+    ref, model, _ = request.getfixturevalue(f"t2s_{size}")
     rows, prompt = _rows(LENGTHS, 90 if with_prompt else 0)
     ups = [oracle.run_naive(ref, p, b, prompt, **GREEDY, early_stop_num=steps - 1) for p, b in rows]
     ours = generate_batch(model, rows, prompt, seeds=[0, 1, 2], **GREEDY, early_stop_num=steps - 1)
@@ -99,12 +84,12 @@ def test_batch_greedy_matches_upstream_row_by_row(request, size, steps, with_pro
             assert err < REL_TOL, f"row {row} step {step}: REL {err:.2e}"
 
 
-def test_rows_that_stop_at_different_steps(small):
+def test_rows_that_stop_at_different_steps(t2s_small):
     """EOS's output row made a copy of code X's, scaled by 1.01: each row stops (EOS dropped) at its first
     greedy X from step 11 on, or runs to the limit; the batch drops stopped rows and goes on."""
     import torch
 
-    ref, model = small
+    ref, model, _ = t2s_small
     rows, prompt = _rows((30, 22, 41, 35), 10, seed=61)
     bases = [oracle.run_naive(ref, p, b, prompt, **GREEDY, early_stop_num=60).codes for p, b in rows]
 
@@ -131,8 +116,8 @@ def test_rows_that_stop_at_different_steps(small):
     assert ours == ups
 
 
-def test_sampled_rows_equal_one_row_at_a_time(small):
-    _, model = small
+def test_sampled_rows_equal_one_row_at_a_time(t2s_small):
+    _, model, _ = t2s_small
     rows, prompt = _rows((25, 31, 18), 20, seed=4)
     kw = dict(top_k=5, top_p=0.9, temperature=0.8, repetition_penalty=1.35, max_tokens=40)
     alone = [t2s.generate(model, p, b, prompt, seed=10 + i, **kw) for i, (p, b) in enumerate(rows)]
@@ -140,8 +125,8 @@ def test_sampled_rows_equal_one_row_at_a_time(small):
     assert len({tuple(c) for c in alone}) == 3
 
 
-def test_poll_abandons_the_batch_and_arguments_are_checked(small):
-    _, model = small
+def test_poll_abandons_the_batch_and_arguments_are_checked(t2s_small):
+    _, model, _ = t2s_small
     rows, prompt = _rows((10, 12), 8)
     calls = []
 
