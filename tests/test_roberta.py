@@ -16,7 +16,7 @@ from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
 from dora_primespeech_mlx.errors import PrimeSpeechError
-from dora_primespeech_mlx.models import kernels, native_ops
+from dora_primespeech_mlx.models import kernels, native_ops, panel_ops
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
@@ -89,7 +89,7 @@ def tiny_folder(upstream):
 def test_hidden_state_minus_3_matches_upstream(full_folder, full_model):
     tokenizer = roberta.load_tokenizer(full_folder)
     assert len(full_model.encoder.layer) == 22  # hidden_states[-3] of 24 layers
-    assert full_model.native_ready(None)  # the native CPU kernels are built and serve the full model
+    assert full_model.native_lengths(1, 8, None) == [8]  # the native CPU kernels are built and serve the full model
     for text in SENTENCES:
         ids = tokenizer.encode(text).ids
         states = oracle.roberta_hidden_states(full_folder, text)
@@ -115,17 +115,41 @@ def test_tokenizer_ids_equal_upstream(full_folder):
     assert converted.encode(CORPUS[3]).ids == tokenizer.encode(CORPUS[3]).ids
 
 
-def test_padding_mask_matches_single_sentences(tiny_folder):
+@pytest.fixture
+def cpu_path(request):
+    """Runs a test on one CPU path: native kernels with packed-weight products ("panels"), native
+    kernels with BLAS products ("native-blas"), or pure MLX ("mlx")."""
+    path = request.param
+    native_ops.set_native_kernels(path != "mlx")
+    panel_ops.set_panel_kernels(path == "panels")
+    yield path
+    native_ops.set_native_kernels(True)
+    panel_ops.set_panel_kernels(True)
+
+
+@pytest.mark.parametrize("cpu_path", ["panels", "native-blas", "mlx"], indirect=True)
+def test_padding_mask_matches_single_sentences(tiny_folder, cpu_path):
     model = roberta.load_model(tiny_folder)
     tokenizer = roberta.load_tokenizer(tiny_folder)
     a, b = (tokenizer.encode(t).ids for t in ("你好，世界！今天天气很好。", "好的"))
     ids = mx.array([a, b + [0] * (len(a) - len(b))])
     mask = mx.array([[1] * len(a), [1] * len(b) + [0] * (len(a) - len(b))])
+    assert (model.native_lengths(2, len(a), mask) == [len(a), len(b)]) == (cpu_path != "mlx")
     batched = np.array(model(ids, attention_mask=mask))
     np.testing.assert_allclose(batched[0], np.array(model(mx.array(a)))[0], atol=1e-5)
     np.testing.assert_allclose(batched[1, : len(b)], np.array(model(mx.array(b)))[0], atol=1e-5)
     ref = oracle.roberta_hidden_states(tiny_folder, "好的")[-3]
     assert rel_err(np.array(model(mx.array(b)))[0], ref) <= REL_TOL
+    assert rel_err(batched[1, : len(b)], ref) <= REL_TOL
+
+
+def test_only_right_padding_goes_native(tiny_folder):
+    """The native path stacks each row's leading tokens: masks of any other shape stay in MLX."""
+    model = roberta.load_model(tiny_folder)
+    assert model.native_lengths(2, 4, mx.array([[1, 1, 1, 1], [1, 1, 0, 0]])) == [4, 2]
+    assert model.native_lengths(2, 4, mx.array([[1, 1, 1, 1], [0, 0, 1, 1]])) is None  # left padding
+    assert model.native_lengths(1, 4, mx.array([[1, 0, 1, 1]])) is None
+    assert model.native_lengths(2, 4, mx.array([[1, 1, 1, 1], [0, 0, 0, 0]])) is None
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["native", "mlx"])
@@ -139,7 +163,7 @@ def test_cpu_lanes_match_upstream(tiny_folder, lanes, native):
     kernels.set_lane_count(lanes)
     native_ops.set_native_kernels(native)
     try:
-        assert model.native_ready(None) == native
+        assert (model.native_lengths(1, 4, None) is not None) == native
         ours = np.array(model(mx.array(tokenizer.encode(text).ids)))[0]
     finally:
         kernels.set_lane_count(None)

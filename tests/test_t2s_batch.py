@@ -14,7 +14,7 @@ from parity import rel_err
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
 from dora_primespeech_mlx.errors import PrimeSpeechError
 from dora_primespeech_mlx.models import t2s
-from dora_primespeech_mlx.models.t2s_batch import batch_prefill_mask, generate_batch
+from dora_primespeech_mlx.models.t2s_batch import batch_prefill_mask, embed_batch, generate_batch
 from dora_primespeech_mlx.oracle import t2s as oracle
 
 REL_TOL = 1e-4
@@ -29,26 +29,13 @@ def _single_thread(torch_single_thread):
     yield
 
 
-def _rows(lengths, n_prompt, seed=11):
-    rows, prompt = [], None
-    for i, n in enumerate(lengths):
-        phones, bert, p = oracle.random_inputs(n, n_prompt, seed=seed + i)
-        rows.append((phones, bert))
-        prompt = p if prompt is None else prompt
-    return rows, (prompt if n_prompt else None)
-
-
 def _batched_logits(model, rows, prompt, codes_per_row):
     """Our batched logits [B, V] of the prefill and of each decode step fed `codes_per_row` (teacher
     forcing), through the same masks and decode step `generate_batch` uses."""
-    lengths = [len(p) for p, _ in rows]
-    n_text, n_prompt = max(lengths), 0 if prompt is None else len(prompt)
-    pads = [n_text - n for n in lengths]
-    x = mx.concatenate([mx.pad(model.embed_text(mx.array(p.astype(np.int32))[None], mx.array(b)[None]),
-                               [(0, 0), (pad, 0), (0, 0)]) for (p, b), pad in zip(rows, pads, strict=True)])
-    if n_prompt:
-        audio = model.embed_audio(mx.array(prompt.astype(np.int32))[None])
-        x = mx.concatenate([x, mx.broadcast_to(audio, (len(rows), n_prompt, audio.shape[-1]))], axis=1)
+    prompt = np.zeros(0, np.int64) if prompt is None else prompt
+    x, pads = embed_batch(model, [(mx.array(p.astype(np.int32)), mx.array(b)) for p, b in rows], prompt)
+    n_prompt = len(prompt)
+    n_text = x.shape[1] - n_prompt
     cache = model.make_cache()
     out = [model(x, batch_prefill_mask(pads, n_text, n_prompt), cache, last_only=True)]
     for c in cache:
@@ -69,7 +56,7 @@ def _batched_logits(model, rows, prompt, codes_per_row):
 @pytest.mark.parametrize("with_prompt", [True, False], ids=["prompt", "no-prompt"])
 def test_batch_greedy_matches_upstream_row_by_row(request, size, steps, with_prompt):
     ref, model, _ = request.getfixturevalue(f"t2s_{size}")
-    rows, prompt = _rows(LENGTHS, 90 if with_prompt else 0)
+    rows, prompt = oracle.random_rows(LENGTHS, 90 if with_prompt else 0, seed=11)
     ups = [oracle.run_naive(ref, p, b, prompt, **GREEDY, early_stop_num=steps - 1) for p, b in rows]
     ours = generate_batch(model, rows, prompt, seeds=[0, 1, 2], **GREEDY, early_stop_num=steps - 1)
     assert len({tuple(up.codes) for up in ups}) == len(rows), "rows too alike to catch a row mix-up"
@@ -90,7 +77,7 @@ def test_rows_that_stop_at_different_steps(t2s_small):
     import torch
 
     ref, model, _ = t2s_small
-    rows, prompt = _rows((30, 22, 41, 35), 10, seed=61)
+    rows, prompt = oracle.random_rows((30, 22, 41, 35), 10, seed=61)
     bases = [oracle.run_naive(ref, p, b, prompt, **GREEDY, early_stop_num=60).codes for p, b in rows]
 
     def stop_steps(x):
@@ -118,7 +105,7 @@ def test_rows_that_stop_at_different_steps(t2s_small):
 
 def test_sampled_rows_equal_one_row_at_a_time(t2s_small):
     _, model, _ = t2s_small
-    rows, prompt = _rows((25, 31, 18), 20, seed=4)
+    rows, prompt = oracle.random_rows((25, 31, 18), 20, seed=4)
     kw = dict(top_k=5, top_p=0.9, temperature=0.8, repetition_penalty=1.35, max_tokens=40)
     alone = [t2s.generate(model, p, b, prompt, seed=10 + i, **kw) for i, (p, b) in enumerate(rows)]
     assert generate_batch(model, rows, prompt, seeds=[10, 11, 12], **kw) == alone
@@ -127,7 +114,7 @@ def test_sampled_rows_equal_one_row_at_a_time(t2s_small):
 
 def test_poll_abandons_the_batch_and_arguments_are_checked(t2s_small):
     _, model, _ = t2s_small
-    rows, prompt = _rows((10, 12), 8)
+    rows, prompt = oracle.random_rows((10, 12), 8, seed=11)
     calls = []
 
     class Stop(Exception):

@@ -5,8 +5,9 @@ encoder layer 21 (0-based; hidden_states[0] is the embedding output), so only th
 run and the last two layers, the pooler and the MLM head are dropped at conversion. Embeddings:
 word + absolute position + token type, LayerNorm (eps 1e-12); layers are post-norm with exact (erf)
 GELU. Text is tokenised by the folder's own `tokenizer.json` through the `tokenizers` library.
-On the CPU (float32, no padding) the layers run through the native kernels of `native_ops.py` where
-they are built (`Model.native_ready`), in MLX otherwise.
+On the CPU (float32; right-padded batches stacked without their padding) the layers run through the
+native kernels of `native_ops.py`, with the products on weights packed once (`panel_ops.py`), where
+they are built (`Model.native_lengths`); in MLX otherwise.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import dataclasses
 import logging
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlx.core as mx
@@ -42,8 +44,10 @@ from .native_ops import (
     native_add_layer_norm_,
     native_attention,
     native_attention_available,
+    native_gelu_,
     native_linear,
 )
+from .panel_ops import PackedLinear, panel_library
 
 logger = logging.getLogger(__name__)
 
@@ -196,23 +200,49 @@ class Layer(nn.Module):
                 pieces.append(self.intermediate(a, first, last))
         return self.output.over_lanes(mx.concatenate(pieces, axis=-1), a, streams)
 
-    def native(self, x: np.ndarray, threads: int) -> np.ndarray:
-        """The layer on one unmasked sequence x [L, hidden] (float32) by the native kernels: each
-        product split by output features over `threads` threads (each reads only its rows of the
-        weight, as `over_lanes`), attention by query rows, GELU and the residual LayerNorms fused or
-        in place."""
+    def _packed(self, linears) -> list[PackedLinear] | None:
+        """The layer's products with packed weights (panel_ops), built on first use and rebuilt when a
+        weight array is replaced; None without the panel kernels."""
+        lib = panel_library()
+        if lib is None:
+            return None
+        cached = getattr(self, "_panels", None)
+        if cached is None or any(src is not lin.weight for src, lin in zip(cached[0], linears, strict=True)):
+            cached = ([lin.weight for lin in linears], [PackedLinear(lib, lin.weight, lin.bias) for lin in linears])
+            self._panels = cached
+        return cached[1]
+
+    def native(self, x: np.ndarray, threads: int, lengths: Sequence[int] | None = None) -> np.ndarray:
+        """The layer by the native kernels on sequences stacked without padding, x [sum(lengths),
+        hidden] float32 (`lengths` None: one sequence): each product over all rows at once, split by
+        output features over `threads` threads (each reads only its share of the weights), attention
+        within each sequence by query rows, GELU and the residual LayerNorms fused or in place."""
         sa, out, ffn_out = self.attention.self, self.attention.output, self.output
-        q, k, v = (native_linear(x, lin.weight, lin.bias, threads=threads)
-                   for lin in (sa.query, sa.key, sa.value))
+        linears = (sa.query, sa.key, sa.value, out.dense, self.intermediate.dense, ffn_out.dense)
+        packed = self._packed(linears)
+        if packed is not None:  # weights packed once: no per-call packing as in BLAS's sgemm
+            q, k, v, o, inter, fo = (lambda t, p=p: p(t, threads) for p in packed)
+        else:
+            q, k, v, o, inter, fo = (lambda t, lin=lin: native_linear(t, lin.weight, lin.bias, threads=threads)
+                                     for lin in linears)
+        q, k, v = q(x), k(x), v(x)
         context = np.empty_like(q)
-        pieces = split_range(x.shape[0], threads)  # query rows per thread, each against all keys
-        native_attention(*([a[r0:r1] for r0, r1 in pieces] for a in (q, k, v)), sa.num_heads, sa.scale,
-                         outs=[context[r0:r1] for r0, r1 in pieces])
-        a = native_linear(context, out.dense.weight, out.dense.bias, threads=threads)
+        start = 0
+        for length in lengths or [x.shape[0]]:
+            # query rows per thread, each against all keys of its sequence
+            pieces = [(start + r0, start + r1) for r0, r1 in split_range(length, threads)]
+            native_attention(*([a[r0:r1] for r0, r1 in pieces] for a in (q, k, v)), sa.num_heads, sa.scale,
+                             outs=[context[r0:r1] for r0, r1 in pieces])
+            start += length
+        a = o(context)
         native_add_layer_norm_([a], [x], [a], out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
-        h = native_linear(a, self.intermediate.dense.weight, self.intermediate.dense.bias, gelu=True,
-                          threads=threads)
-        y = native_linear(h, ffn_out.dense.weight, ffn_out.dense.bias, threads=threads)
+        if packed is not None:
+            h = inter(a)
+            native_gelu_([h])
+        else:
+            h = native_linear(a, self.intermediate.dense.weight, self.intermediate.dense.bias, gelu=True,
+                              threads=threads)
+        y = fo(h)
         norm = ffn_out.LayerNorm
         native_add_layer_norm_([y], [a], [y], norm.weight, norm.bias, norm.eps)
         return y
@@ -248,17 +278,22 @@ class Model(nn.Module):
         if token_type_ids is None:
             token_type_ids = mx.zeros_like(input_ids)
         x = self.embeddings(input_ids, token_type_ids)
-        if self.native_ready(attention_mask):
-            # One sequence at a time through the native kernels, products split over the cores.
-            mx.eval(x)
+        lengths = self.native_lengths(x.shape[0], x.shape[1], attention_mask)
+        if lengths is not None:
+            # The sequences stacked without their padding through the native kernels, products over
+            # all of them at once and split over the cores; padded positions come back as zeros.
+            hidden = np.array(x.astype(mx.float32))
+            rows = np.ascontiguousarray(np.concatenate([h[:n] for h, n in zip(hidden, lengths, strict=True)]))
             threads = lane_count()
             with blas_threads(1):
-                out = []
-                for row in np.array(x.astype(mx.float32)):
-                    for layer in self.encoder.layer:
-                        row = layer.native(row, threads)
-                    out.append(row)
-            return mx.array(np.stack(out))
+                for layer in self.encoder.layer:
+                    rows = layer.native(rows, threads, lengths)
+            out = np.zeros_like(hidden)
+            start = 0
+            for i, n in enumerate(lengths):
+                out[i, :n] = rows[start:start + n]
+                start += n
+            return mx.array(out)
         mask = None
         if attention_mask is not None:
             # Additive key-padding mask, as BERT's extended attention mask.
@@ -273,14 +308,22 @@ class Model(nn.Module):
             mx.eval(out)
         return out
 
-    def native_ready(self, attention_mask: mx.array | None) -> bool:
-        """Whether the native CPU kernels serve this call (native_ops.native_attention_available): built
-        and enabled, on the CPU, float32 weights, widths that are multiples of 16, and no padding
-        (no mask, or one that keeps every token)."""
+    def native_lengths(self, batch: int, width: int, attention_mask: mx.array | None) -> list[int] | None:
+        """Each sequence's token count when the native CPU kernels serve this call, else None. They
+        do when built and enabled (native_ops.native_attention_available), on the CPU, with float32
+        weights and widths that are multiples of 16, and when every mask row keeps a prefix of its
+        tokens (right padding: the padded positions' outputs are then zeros, not MLX's values)."""
         a = self.args
-        return (native_attention_available() and self.embeddings.LayerNorm.weight.dtype == mx.float32
-                and a.hidden_size % 16 == 0 and a.intermediate_size % 16 == 0
-                and (attention_mask is None or bool(mx.all(attention_mask != 0))))
+        if not (native_attention_available() and self.embeddings.LayerNorm.weight.dtype == mx.float32
+                and a.hidden_size % 16 == 0 and a.intermediate_size % 16 == 0):
+            return None
+        if attention_mask is None:
+            return [width] * batch
+        keep = np.array(attention_mask).reshape(batch, width) != 0
+        lengths = keep.sum(axis=1)
+        if (lengths == 0).any() or any(not keep[i, :n].all() for i, n in enumerate(lengths)):
+            return None
+        return [int(n) for n in lengths]
 
     @staticmethod
     def sanitize(weights: dict[str, np.ndarray], args: ModelArgs) -> dict[str, np.ndarray]:

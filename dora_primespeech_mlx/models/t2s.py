@@ -476,6 +476,47 @@ def decode_into_cache(decode: Callable, cache: list[KVCache], tokens: mx.array, 
     return logits
 
 
+class Stepper:
+    """Decode steps for the rows of a prefilled cache: the native step (`t2s_native`) where it is
+    available, else MLX's compiled `decode_step`. `stepper(tokens, idx)` -> logits [rows, vocab] of
+    the codes after `tokens` [rows], the codes of decode step `idx`; `keep(positions)` narrows the
+    rows. The stepper owns `cache` from now on."""
+
+    def __init__(self, model: Model, cache: list[KVCache], positions: mx.array,
+                 valid_from: Sequence[int] | None = None):
+        from .t2s_native import native_decoder
+
+        native = native_decoder(model)
+        padded = valid_from is not None and any(valid_from)
+        self.session = native.session(cache, valid_from if padded else None) if native else None
+        if self.session is not None:
+            self.positions = np.array(positions, dtype=np.float32)
+            return
+        self.cache, self.positions, self.windows = cache, positions, {}
+        self.decode = model.compiled_decode_step()
+        self.valid_from = mx.array(np.asarray(valid_from, dtype=np.int32)[:, None]) if padded else None
+
+    @property
+    def native(self) -> bool:
+        return self.session is not None
+
+    def __call__(self, tokens: mx.array, idx: int) -> mx.array:
+        if self.session is not None:
+            return mx.array(self.session.step(np.array(tokens), self.positions[idx]))
+        return decode_into_cache(self.decode, self.cache, tokens, self.positions[idx:idx + 1], self.windows,
+                                 self.valid_from)
+
+    def keep(self, positions: Sequence[int]) -> None:
+        if self.session is not None:
+            self.session.keep(positions)
+            return
+        index = mx.array(np.asarray(positions, dtype=np.int32))
+        if self.valid_from is not None:
+            self.valid_from = self.valid_from[index]
+        for c in self.cache:
+            c.keys, c.values = c.keys[index], c.values[index]
+
+
 def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | None = 15,
                     top_p: float | None = 1.0, temperature: float = 1.0, repetition_penalty: float = 1.35,
                     early_stop_num: int = -1, max_tokens: int = MAX_DECODE_STEPS,
@@ -509,18 +550,14 @@ def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | Non
     cache = model.make_cache()
     logits = model(x, prefill_mask(n_text, n_prompt), cache, last_only=True)
     seen = _seen_mask(prompt, args.vocab_size)
-    positions = model.ar_audio_position.positions(n_prompt, max_tokens)
-    decode = model.compiled_decode_step()
-
+    stepper = Stepper(model, cache, model.ar_audio_position.positions(n_prompt, max_tokens))
     last = last_step(max_tokens, early_stop_num)
-    windows: dict[int, mx.array] = {}
 
     def step(idx, logits, seen, key):
         token, stop, seen, key = token_step(logits, seen, key, blocked if idx < EOS_BLOCKED_STEPS else free)
         if idx == last:
             return token, stop, None, None, None
-        logits = decode_into_cache(decode, cache, token, positions[idx:idx + 1], windows)
-        return token, stop, logits, seen, key
+        return token, stop, stepper(token, idx), seen, key
 
     # Pipelined: the graph of step idx+1 is built and queued before step idx's code is read back.
     out = step(0, logits, seen, key)

@@ -26,10 +26,10 @@ from .t2s import (
     MAX_DECODE_STEPS,
     KVCache,
     Model,
+    Stepper,
     _check_inputs,
     _make_token_step,
     _seen_mask,
-    decode_into_cache,
     last_step,
 )
 
@@ -50,6 +50,21 @@ def batch_prefill_mask(pads: Sequence[int], n_text: int, n_audio: int) -> mx.arr
         allowed |= (row < pad) & (col == row)
         masks.append(allowed)
     return mx.array(np.stack(masks)[:, None])
+
+
+def embed_batch(model: Model, texts: Sequence[tuple[mx.array, mx.array]], prompt: np.ndarray
+                ) -> tuple[mx.array, list[int]]:
+    """The prefill input [B, L, D] of rows `(phones [T_i] int32, bert [1024, T_i])` left-padded to the
+    longest text and followed by the shared `prompt` codes, and each row's padding."""
+    lengths = [phones.shape[0] for phones, _ in texts]
+    n_text = max(lengths)
+    pads = [n_text - length for length in lengths]
+    embedded = [model.embed_text(phones[None], bert[None]) for phones, bert in texts]
+    x = mx.concatenate([mx.pad(t, [(0, 0), (pad, 0), (0, 0)]) for t, pad in zip(embedded, pads, strict=True)])
+    if prompt.shape[0]:
+        audio = model.embed_audio(mx.array(prompt.astype(np.int32))[None])
+        x = mx.concatenate([x, mx.broadcast_to(audio, (len(texts), prompt.shape[0], audio.shape[-1]))], axis=1)
+    return x, pads
 
 
 def _prefill(model: Model, x: mx.array, mask: mx.array | None) -> tuple[mx.array, list[KVCache]]:
@@ -103,20 +118,12 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
     keys = [mx.random.key(int(mx.random.randint(0, 2**31 - 1, ()).item()) if s is None else s) for s in seeds]
     blocked, free = mx.array(True), mx.array(False)
 
-    lengths = [phones.shape[0] for phones, _, _ in checked]
-    n_text, n_prompt = max(lengths), prompt_codes.shape[0]
-    pads = [n_text - length for length in lengths]
-    texts = [model.embed_text(phones[None], bert[None]) for phones, bert, _ in checked]
-    x = mx.concatenate([mx.pad(t, [(0, 0), (pad, 0), (0, 0)]) for t, pad in zip(texts, pads, strict=True)])
-    if n_prompt:
-        audio = model.embed_audio(mx.array(prompt_codes.astype(np.int32))[None])
-        x = mx.concatenate([x, mx.broadcast_to(audio, (batch, n_prompt, audio.shape[-1]))], axis=1)
-    logits, cache = _prefill(model, x, batch_prefill_mask(pads, n_text, n_prompt))
+    x, pads = embed_batch(model, [(phones, bert) for phones, bert, _ in checked], prompt_codes)
+    n_prompt = prompt_codes.shape[0]
+    logits, cache = _prefill(model, x, batch_prefill_mask(pads, x.shape[1] - n_prompt, n_prompt))
     seen = [_seen_mask(prompt_codes, args.vocab_size)] * batch
-    valid_from = mx.array(np.asarray(pads, dtype=np.int32)[:, None]) if any(pads) else None
-    positions = model.ar_audio_position.positions(n_prompt, max_tokens)
-    decode = model.compiled_decode_step()
-
+    stepper = Stepper(model, cache, model.ar_audio_position.positions(n_prompt, max_tokens), pads)
+    del cache
     last = last_step(max_tokens, early_stop_num)
 
     def sample(idx: int, logits: mx.array, seen: list, keys: list):
@@ -125,8 +132,6 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
         tokens = mx.concatenate([o[0] for o in out])
         stops = mx.concatenate([o[1] for o in out])
         return tokens, stops, [o[2] for o in out], [o[3] for o in out]
-
-    windows: dict[int, mx.array] = {}
 
     results: list[list[int]] = [[] for _ in range(batch)]
     live = list(range(batch))  # original row index of each batch row
@@ -138,8 +143,7 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
         # queue step idx + 1 (all current rows) before reading step idx back
         nxt = None
         if idx < last:
-            logits = decode_into_cache(decode, cache, tokens, positions[idx:idx + 1], windows, valid_from)
-            nxt = sample(idx + 1, logits, seen, keys)
+            nxt = sample(idx + 1, stepper(tokens, idx), seen, keys)
             mx.async_eval(nxt[0], nxt[1])
         codes, stopped = np.array(tokens).tolist(), np.array(stops).tolist()
         keep = []
@@ -156,8 +160,5 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
             index = mx.array(np.asarray(keep, dtype=np.int32))
             tokens, stops = tokens[index], stops[index]
             seen, keys = [seen[pos] for pos in keep], [keys[pos] for pos in keep]
-            if valid_from is not None:
-                valid_from = valid_from[index]
-            for c in cache:
-                c.keys, c.values = c.keys[index], c.values[index]
+            stepper.keep(keep)
     return [codes if codes else [0] for codes in results]

@@ -125,6 +125,17 @@ def random_inputs(n_phones: int, n_prompt: int, seed: int = 0, phoneme_vocab: in
     return phones, bert, prompt
 
 
+def random_rows(lengths, n_prompt: int, seed: int):
+    """Rows `(phones, bert)` of the given text lengths (row i from seed + i) and the first row's
+    prompt codes shared by all (None when n_prompt is 0), as a batch of segments has them."""
+    rows, prompt = [], None
+    for i, n in enumerate(lengths):
+        phones, bert, p = random_inputs(n, n_prompt, seed=seed + i)
+        rows.append((phones, bert))
+        prompt = p if prompt is None else prompt
+    return rows, (prompt if n_prompt else None)
+
+
 @dataclass
 class UpstreamRun:
     """What `infer_panel_naive` produced."""

@@ -1,0 +1,531 @@
+/* Products on pre-packed weight panels, and one decode step of GPT-SoVITS's T2S transformer for a
+ * batch of rows, on the CPU.
+ *
+ * BLAS's sgemm packs the weight matrix on every call, which costs more than the arithmetic when the
+ * activations have few rows (a decode step: 1-16; a RoBERTa sentence: ~50). Here weights are packed
+ * once, at load, into panels of 32 output features that a register-blocked kernel streams: up to 12
+ * rows x 32 features of accumulators, one pass over the weights per 12 rows.
+ *
+ * The T2S decode step is memory-bound, so t2s_step does the whole step in one call and reads as
+ * little as it can: each weight once per step for all rows, as float16 when the model's values are
+ * exactly float16 (upstream stores its checkpoints in half precision, so nothing is rounded), and
+ * each row's keys and values once, laid out for 16-position vectors. Arithmetic is float32
+ * throughout. Work is split between the calling thread and one persistent helper thread, which meet
+ * at barriers between the phases of a layer.
+ *
+ * Layouts (row-major, float32 unless said):
+ *   weights: panels of 32 output features, [ceil(n / 32)][k][32] (float16 or float32), zero-padded;
+ *   keys:    per layer [cache rows][heads][capacity / 16][head_dim][16] (16 positions per vector);
+ *   values:  per layer [cache rows][heads][capacity][head_dim].
+ * t2s_step and panel_product return 0, or -2 for arguments they do not take.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define CLONES
+#endif
+#define INLINE static inline __attribute__((always_inline))
+
+enum { AHEAD = 64, LANES = 16, PANEL = 32, MAX_GROUP = 12, MAX_HEAD_DIM = 128, MAX_ROWS = 64, SPINS = 20000 };
+enum { P_QKV_W, P_QKV_B, P_OUT_W, P_OUT_B, P_FF1_W, P_FF1_B, P_FF2_W, P_FF2_B, P_LN1_W, P_LN1_B, P_LN2_W,
+       P_LN2_B, PARAMS_PER_LAYER };
+
+typedef float vf __attribute__((vector_size(LANES * sizeof(float))));
+typedef float vfu __attribute__((vector_size(LANES * sizeof(float)), aligned(4), may_alias));
+typedef int vi __attribute__((vector_size(LANES * sizeof(int))));
+typedef uint16_t vhu __attribute__((vector_size(LANES * sizeof(uint16_t)), aligned(2), may_alias));
+
+INLINE vf load(const float *p) { return *(const vfu *)p; }
+INLINE void store(float *p, vf v) { *(vfu *)p = v; }
+/* float16 -> float32 with integer operations, which every clone vectorises (GCC converts a _Float16
+ * vector one element at a time): the magnitude bits moved into float32's place and rescaled by 2^112
+ * (exact for normal and subnormal values; the weights are finite), then the sign. */
+INLINE vf load_half(const uint16_t *p) {
+    const vi h = __builtin_convertvector(*(const vhu *)p, vi);
+    const vf magnitude = (vf)((h & 0x7fff) << 13) * 0x1p112f;
+    return (vf)((vi)magnitude | ((h & 0x8000) << 16));
+}
+INLINE vf splat(float x) { return (vf){0} + x; }
+
+/* exp(x) for x <= 0: 2^n * e^r with |r| <= ln2 / 2 and a degree-6 polynomial for e^r (relative
+ * error ~2e-7); below -87 the result is 0 (the softmax weight of a position that far down). */
+INLINE vf vexp_nonpositive(vf x) {
+    const vi keep = x > -87.0f;
+    x = (vf)((vi)x & keep); /* masked lanes compute exp(0) and are zeroed below */
+    const vf shifter = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
+    vf t = x * 1.44269504088896341f + shifter;
+    vf n = t - shifter;
+    vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    vf p = splat(1.9875691500e-4f);
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * (r * r) + r + 1.0f;
+    vi scale = ((vi)t - (vi)shifter + 127) << 23;
+    return (vf)((vi)(p * (vf)scale) & keep);
+}
+
+/* ---------------------------------------------------------------- products on packed panels */
+
+typedef struct {
+    const float *a; /* [rows][k] */
+    const void *w;  /* panels */
+    int half, rows;
+    long k, n;
+    const float *bias;     /* [n] or NULL */
+    const float *residual; /* [rows][n] (row stride n) or NULL */
+    int relu;
+    float *c;  /* [rows][ldc] */
+    long ldc;
+} product_t;
+
+/* The cases of a switch on the rows of a pass (1..12), each calling `fn` with a constant row count so
+ * that its accumulators live in registers. */
+#define ROWS_CASES(fn)                                                                                      \
+    case 1: fn(1, m, r0, p); break;                                                                         \
+    case 2: fn(2, m, r0, p); break;                                                                         \
+    case 3: fn(3, m, r0, p); break;                                                                         \
+    case 4: fn(4, m, r0, p); break;                                                                         \
+    case 5: fn(5, m, r0, p); break;                                                                         \
+    case 6: fn(6, m, r0, p); break;                                                                         \
+    case 7: fn(7, m, r0, p); break;                                                                         \
+    case 8: fn(8, m, r0, p); break;                                                                         \
+    case 9: fn(9, m, r0, p); break;                                                                         \
+    case 10: fn(10, m, r0, p); break;                                                                       \
+    case 11: fn(11, m, r0, p); break;                                                                       \
+    default: fn(12, m, r0, p); break
+
+/* c[r0 + r, panel p's columns] = out[r] + bias + residual, then ReLU where asked. */
+static void panel_epilogue(const product_t *m, int r0, int rows, long p, float out[][PANEL]) {
+    const long col0 = p * PANEL, cols = m->n - col0 < PANEL ? m->n - col0 : PANEL;
+    for (int r = 0; r < rows; r++) {
+        float *c = m->c + (long)(r0 + r) * m->ldc + col0;
+        const float *res = m->residual ? m->residual + (long)(r0 + r) * m->n + col0 : NULL;
+        for (long j = 0; j < cols; j++) {
+            float v = out[r][j];
+            if (m->bias) v += m->bias[col0 + j];
+            if (res) v += res[j];
+            if (m->relu && v < 0.0f) v = 0.0f;
+            c[j] = v;
+        }
+    }
+}
+
+/* R rows of a times panel p: accumulators R x 32 in registers, weights streamed once. */
+INLINE void panel_rows(const int R, const product_t *m, int r0, long p) {
+    vf acc[MAX_GROUP][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = splat(0.0f);
+    const float *a = m->a + (long)r0 * m->k;
+    const long k = m->k;
+    if (m->half) {
+        const uint16_t *w = (const uint16_t *)m->w + p * k * PANEL;
+        for (long i = 0; i < k; i++, w += PANEL) {
+            vf w0 = load_half(w), w1 = load_half(w + LANES);
+#pragma GCC unroll 12
+            for (int r = 0; r < R; r++) {
+                vf x = splat(a[r * k + i]);
+                acc[r][0] += x * w0;
+                acc[r][1] += x * w1;
+            }
+        }
+    } else {
+        const float *w = (const float *)m->w + p * k * PANEL;
+        for (long i = 0; i < k; i++, w += PANEL) {
+            vf w0 = load(w), w1 = load(w + LANES);
+#pragma GCC unroll 12
+            for (int r = 0; r < R; r++) {
+                vf x = splat(a[r * k + i]);
+                acc[r][0] += x * w0;
+                acc[r][1] += x * w1;
+            }
+        }
+    }
+    float out[MAX_GROUP][PANEL];
+    for (int r = 0; r < R; r++) {
+        store(out[r], acc[r][0]);
+        store(out[r] + LANES, acc[r][1]);
+    }
+    panel_epilogue(m, r0, R, p, out);
+}
+
+CLONES static void product_panels_generic(const product_t *m, long p0, long p1, int group) {
+    for (long p = p0; p < p1; p++) {
+        for (int r0 = 0; r0 < m->rows; r0 += group) {
+            switch (m->rows - r0 < group ? m->rows - r0 : group) {
+            ROWS_CASES(panel_rows);
+            }
+        }
+    }
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")))
+#define HAVE_AVX512_KERNEL 1
+
+/* The AVX-512 form of panel_rows: float16 panels widened by vcvtph2ps (one instruction per 16
+ * values), the rows' values broadcast straight from memory into the FMAs. */
+AVX512 INLINE void panel_rows_avx512(const int R, const product_t *m, int r0, long p) {
+    __m512 acc[MAX_GROUP][2];
+    for (int r = 0; r < R; r++) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+    const float *a = m->a + (long)r0 * m->k;
+    const long k = m->k;
+    if (m->half) {
+        const uint16_t *w = (const uint16_t *)m->w + p * k * PANEL;
+        for (long i = 0; i < k; i++, w += PANEL) {
+            const __m512 w0 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)w));
+            const __m512 w1 = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + LANES)));
+#pragma GCC unroll 12
+            for (int r = 0; r < R; r++) {
+                const __m512 x = _mm512_set1_ps(a[r * k + i]);
+                acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
+            }
+        }
+    } else {
+        const float *w = (const float *)m->w + p * k * PANEL;
+        for (long i = 0; i < k; i++, w += PANEL) {
+            const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + LANES);
+#pragma GCC unroll 12
+            for (int r = 0; r < R; r++) {
+                const __m512 x = _mm512_set1_ps(a[r * k + i]);
+                acc[r][0] = _mm512_fmadd_ps(x, w0, acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(x, w1, acc[r][1]);
+            }
+        }
+    }
+    float out[MAX_GROUP][PANEL];
+    for (int r = 0; r < R; r++) {
+        _mm512_storeu_ps(out[r], acc[r][0]);
+        _mm512_storeu_ps(out[r] + LANES, acc[r][1]);
+    }
+    panel_epilogue(m, r0, R, p, out);
+}
+
+AVX512 static void product_panels_avx512(const product_t *m, long p0, long p1, int group) {
+    for (long p = p0; p < p1; p++) {
+        for (int r0 = 0; r0 < m->rows; r0 += group) {
+            switch (m->rows - r0 < group ? m->rows - r0 : group) {
+            ROWS_CASES(panel_rows_avx512);
+            }
+        }
+    }
+}
+#endif
+
+static int avx512_kernel(void) {
+#if defined(HAVE_AVX512_KERNEL)
+    static int known = -1;
+    if (known < 0) known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c");
+    return known;
+#else
+    return 0;
+#endif
+}
+
+/* Panels p0..p1 of a product, the rows in passes of at most 12 (AVX-512: 24 accumulators of the 32
+ * registers) or 6 (16 registers), as even as the row count allows. */
+static void product_panels(const product_t *m, long p0, long p1) {
+    const int widest = avx512_kernel() ? MAX_GROUP : MAX_GROUP / 2;
+    const int passes = (m->rows + widest - 1) / widest, group = (m->rows + passes - 1) / passes;
+#ifdef HAVE_AVX512_KERNEL
+    if (avx512_kernel()) {
+        product_panels_avx512(m, p0, p1, group);
+        return;
+    }
+#endif
+    product_panels_generic(m, p0, p1, group);
+}
+
+/* ---------------------------------------------------------------- attention of the new position */
+
+typedef struct {
+    const float *qkv; /* [rows][3 * dims]: q | k | v of the new position */
+    float *keys, *values, *context; /* layer caches; context [rows][dims] */
+    const int *cache_rows, *valid_from;
+    int heads, head_dim, dims;
+    long capacity, offset;
+    float scale;
+    float *scores; /* [capacity] for this thread */
+} attention_t;
+
+/* One row and head; `hd` is a constant after inlining, so the head's vectors stay in registers. */
+INLINE void attend_dim(const int hd, const attention_t *t, int row, int head) {
+    const int cr = t->cache_rows[row];
+    const long blocks = t->capacity / LANES, at = t->offset;
+    float *kt = t->keys + ((long)cr * t->heads + head) * blocks * hd * LANES;
+    float *vv = t->values + ((long)cr * t->heads + head) * t->capacity * hd;
+    const float *q = t->qkv + (long)row * 3 * t->dims + (long)head * hd;
+    const float *k_new = q + t->dims, *v_new = q + 2 * t->dims;
+    for (int d = 0; d < hd; d++) {
+        kt[(at / LANES) * hd * LANES + (long)d * LANES + at % LANES] = k_new[d];
+        vv[at * hd + d] = v_new[d];
+    }
+    const long from = t->valid_from ? t->valid_from[row] : 0, b0 = from / LANES, b1 = at / LANES;
+    float qs[MAX_HEAD_DIM];
+    for (int d = 0; d < hd; d++) qs[d] = q[d] * t->scale;
+    float *s = t->scores;
+    /* The caches come from memory, one row/head after another: prefetch AHEAD blocks (positions)
+     * in front of both streams so that many lines are in flight. */
+    for (long b = b0; b <= b1; b++) {
+        const float *kb = kt + b * hd * LANES;
+        vf acc0 = splat(0.0f), acc1 = splat(0.0f);
+        int d = 0;
+        for (; d + 1 < hd; d += 2) {
+            __builtin_prefetch(kb + (AHEAD + d) * LANES);
+            __builtin_prefetch(kb + (AHEAD + d + 1) * LANES);
+            acc0 += splat(qs[d]) * load(kb + (long)d * LANES);
+            acc1 += splat(qs[d + 1]) * load(kb + (long)(d + 1) * LANES);
+        }
+        if (d < hd) acc0 += splat(qs[d]) * load(kb + (long)d * LANES);
+        store(s + (b - b0) * LANES, acc0 + acc1);
+    }
+    const long first = from - b0 * LANES, last = at - b0 * LANES, span = (b1 - b0 + 1) * LANES;
+    for (long i = 0; i < first; i++) s[i] = -INFINITY;
+    for (long i = last + 1; i < span; i++) s[i] = -INFINITY;
+    vf top = splat(-INFINITY);
+    for (long i = 0; i < span; i += LANES) {
+        vf v = load(s + i);
+        vi more = v > top;
+        top = (vf)(((vi)v & more) | ((vi)top & ~more));
+    }
+    float peak = top[0];
+    for (int l = 1; l < LANES; l++) peak = top[l] > peak ? top[l] : peak;
+    vf total = splat(0.0f);
+    for (long i = 0; i < span; i += LANES) {
+        vf e = vexp_nonpositive(load(s + i) - peak);
+        store(s + i, e);
+        total += e;
+    }
+    float sum = 0.0f;
+    for (int l = 0; l < LANES; l++) sum += total[l];
+    /* two interleaved sums (even and odd positions) halve the FMA dependency chains */
+    vf even[MAX_HEAD_DIM / LANES], odd[MAX_HEAD_DIM / LANES];
+    const int vecs = hd / LANES;
+    for (int j = 0; j < vecs; j++) even[j] = odd[j] = splat(0.0f);
+    long i = first;
+    for (; i + 1 <= last; i += 2) {
+        const vf w0 = splat(s[i]), w1 = splat(s[i + 1]);
+        const float *v = vv + (b0 * LANES + i) * hd;
+        for (int j = 0; j < 2 * vecs; j++) __builtin_prefetch(v + AHEAD * LANES + j * LANES);
+        for (int j = 0; j < vecs; j++) {
+            even[j] += w0 * load(v + j * LANES);
+            odd[j] += w1 * load(v + hd + j * LANES);
+        }
+    }
+    if (i <= last) {
+        const vf w0 = splat(s[i]);
+        const float *v = vv + (b0 * LANES + i) * hd;
+        for (int j = 0; j < vecs; j++) even[j] += w0 * load(v + j * LANES);
+    }
+    float *ctx = t->context + (long)row * t->dims + (long)head * hd;
+    const float inv = 1.0f / sum;
+    for (int j = 0; j < vecs; j++) store(ctx + j * LANES, (even[j] + odd[j]) * inv);
+}
+
+CLONES static void attend(const attention_t *t, int row, int head) {
+    switch (t->head_dim) {
+    case 16: attend_dim(16, t, row, head); break;
+    case 32: attend_dim(32, t, row, head); break;
+    case 64: attend_dim(64, t, row, head); break;
+    default: attend_dim(t->head_dim, t, row, head); break;
+    }
+}
+
+/* x <- LayerNorm(x) over `dims`, two-pass statistics. */
+static void layer_norm(float *x, long dims, const float *w, const float *b, float eps) {
+    float mean = 0.0f, var = 0.0f;
+    for (long i = 0; i < dims; i++) mean += x[i];
+    mean /= (float)dims;
+    for (long i = 0; i < dims; i++) var += (x[i] - mean) * (x[i] - mean);
+    const float rstd = 1.0f / sqrtf(var / (float)dims + eps);
+    for (long i = 0; i < dims; i++) x[i] = (x[i] - mean) * rstd * w[i] + b[i];
+}
+
+/* ---------------------------------------------------------------- the step */
+
+typedef struct {
+    int layers, dims, heads, ffn, vocab, half, rows;
+    long capacity, offset;
+    float eps;
+    void *const *params;      /* PARAMS_PER_LAYER per layer, then the logits panels */
+    float *const *caches;     /* keys, values per layer */
+    const int *cache_rows, *valid_from;
+    float *x, *logits;        /* [rows][dims] in (embedded new code) and out (last hidden); [rows][vocab] */
+    float *qkv, *context, *hidden, *ffn_buf, *scores; /* scratch; scores [threads][capacity] */
+} step_t;
+
+static atomic_int barrier_count, barrier_phase;
+
+INLINE void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#endif
+}
+
+static void barrier(int threads, int *phase) {
+    if (threads == 1) return;
+    const int next = !*phase;
+    *phase = next;
+    if (atomic_fetch_add(&barrier_count, 1) == threads - 1) {
+        atomic_store(&barrier_count, 0);
+        atomic_store(&barrier_phase, next);
+        return;
+    }
+    for (int spin = 0; atomic_load(&barrier_phase) != next; spin++) {
+        if (spin < SPINS) cpu_relax();
+        else sched_yield();
+    }
+}
+
+static void share(long n, int tid, int threads, long *from, long *to) {
+    *from = n * tid / threads;
+    *to = n * (tid + 1) / threads;
+}
+
+static void run_product(const product_t *m, int tid, int threads) {
+    long p0, p1;
+    share((m->n + PANEL - 1) / PANEL, tid, threads, &p0, &p1);
+    product_panels(m, p0, p1);
+}
+
+static void step_body(const step_t *s, int tid, int threads, int *phase) {
+    const long d = s->dims;
+    long r0, r1;
+    for (int layer = 0; layer < s->layers; layer++) {
+        void *const *p = s->params + (long)layer * PARAMS_PER_LAYER;
+        product_t qkv = {s->x, p[P_QKV_W], s->half, s->rows, d, 3 * d, p[P_QKV_B], NULL, 0, s->qkv, 3 * d};
+        run_product(&qkv, tid, threads);
+        barrier(threads, phase);
+        attention_t att = {s->qkv, s->caches[2 * layer], s->caches[2 * layer + 1], s->context,
+                           s->cache_rows, s->valid_from, s->heads, (int)(d / s->heads), (int)d,
+                           s->capacity, s->offset, 1.0f / sqrtf((float)(d / s->heads)),
+                           s->scores + tid * s->capacity};
+        long t0, t1;
+        share((long)s->rows * s->heads, tid, threads, &t0, &t1);
+        for (long task = t0; task < t1; task++) attend(&att, (int)(task / s->heads), (int)(task % s->heads));
+        barrier(threads, phase);
+        product_t out = {s->context, p[P_OUT_W], s->half, s->rows, d, d, p[P_OUT_B], s->x, 0, s->hidden, d};
+        run_product(&out, tid, threads);
+        barrier(threads, phase);
+        share(s->rows, tid, threads, &r0, &r1);
+        for (long r = r0; r < r1; r++) layer_norm(s->hidden + r * d, d, p[P_LN1_W], p[P_LN1_B], s->eps);
+        barrier(threads, phase);
+        product_t ff1 = {s->hidden, p[P_FF1_W], s->half, s->rows, d, s->ffn, p[P_FF1_B], NULL, 1, s->ffn_buf,
+                         s->ffn};
+        run_product(&ff1, tid, threads);
+        barrier(threads, phase);
+        product_t ff2 = {s->ffn_buf, p[P_FF2_W], s->half, s->rows, s->ffn, d, p[P_FF2_B], s->hidden, 0, s->x, d};
+        run_product(&ff2, tid, threads);
+        barrier(threads, phase);
+        for (long r = r0; r < r1; r++) layer_norm(s->x + r * d, d, p[P_LN2_W], p[P_LN2_B], s->eps);
+        barrier(threads, phase);
+    }
+    product_t logits = {s->x, s->params[(long)s->layers * PARAMS_PER_LAYER], s->half, s->rows, d, s->vocab,
+                        NULL, NULL, 0, s->logits, s->vocab};
+    run_product(&logits, tid, threads);
+}
+
+/* The helper thread: started on first use, sleeps between calls; it runs the other half of a job
+ * (job(arg, 1, 2) while the caller runs job(arg, 0, 2)). A call that finds it busy (another thread
+ * using this library at the same time) runs alone. */
+typedef void (*job_fn)(void *arg, int tid, int threads);
+static pthread_mutex_t helper_busy = PTHREAD_MUTEX_INITIALIZER, helper_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t helper_go = PTHREAD_COND_INITIALIZER, helper_done = PTHREAD_COND_INITIALIZER;
+static job_fn helper_job;
+static void *helper_arg;
+static int helper_pending, helper_started, helper_failed;
+
+static void *helper_main(void *unused) {
+    (void)unused;
+    pthread_mutex_lock(&helper_lock);
+    for (;;) {
+        while (!helper_pending) pthread_cond_wait(&helper_go, &helper_lock);
+        pthread_mutex_unlock(&helper_lock);
+        helper_job(helper_arg, 1, 2);
+        pthread_mutex_lock(&helper_lock);
+        helper_pending = 0;
+        pthread_cond_signal(&helper_done);
+    }
+    return NULL;
+}
+
+static int helper_ready(void) {
+    if (helper_started) return 1;
+    if (helper_failed) return 0;
+    pthread_t thread;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&thread, &attr, helper_main, NULL) != 0) helper_failed = 1;
+    else helper_started = 1;
+    pthread_attr_destroy(&attr);
+    return helper_started;
+}
+
+static void run_job(job_fn job, void *arg, int threads) {
+    int two = threads > 1 && pthread_mutex_trylock(&helper_busy) == 0;
+    if (two && !helper_ready()) {
+        pthread_mutex_unlock(&helper_busy);
+        two = 0;
+    }
+    if (!two) {
+        job(arg, 0, 1);
+        return;
+    }
+    pthread_mutex_lock(&helper_lock);
+    helper_job = job;
+    helper_arg = arg;
+    helper_pending = 1;
+    pthread_cond_signal(&helper_go);
+    pthread_mutex_unlock(&helper_lock);
+    job(arg, 0, 2);
+    pthread_mutex_lock(&helper_lock);
+    while (helper_pending) pthread_cond_wait(&helper_done, &helper_lock);
+    pthread_mutex_unlock(&helper_lock);
+    pthread_mutex_unlock(&helper_busy);
+}
+
+static void step_job(void *arg, int tid, int threads) {
+    static int phases[2]; /* each thread's side of the barrier; both flip at every barrier */
+    step_body((const step_t *)arg, tid, threads, &phases[tid]);
+}
+
+static void product_job(void *arg, int tid, int threads) { run_product((const product_t *)arg, tid, threads); }
+
+int panel_version(void) { return 1; }
+
+/* dims: layers, model dims, heads, ffn dims, vocab, half (0/1), rows, capacity, offset, threads.
+ * x [rows][dims] holds the embedded new codes and receives the last hidden state; logits [rows][vocab]. */
+int t2s_step(const long *dims, float eps, void *const *params, float *const *caches, const int *cache_rows,
+             const int *valid_from, float *x, float *logits, float *const *scratch) {
+    step_t s = {(int)dims[0], (int)dims[1], (int)dims[2], (int)dims[3], (int)dims[4], (int)dims[5],
+                (int)dims[6], dims[7], dims[8], eps, params, caches, cache_rows, valid_from,
+                x, logits, scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]};
+    if (s.layers < 1 || s.heads < 1 || s.dims % s.heads || (s.dims / s.heads) % LANES ||
+        s.dims / s.heads > MAX_HEAD_DIM || s.rows < 1 || s.rows > MAX_ROWS || s.capacity % LANES ||
+        s.offset < 0 || s.offset >= s.capacity)
+        return -2;
+    for (int r = 0; r < s.rows; r++)
+        if (valid_from && (valid_from[r] < 0 || valid_from[r] > s.offset)) return -2;
+    run_job(step_job, &s, (int)dims[9]);
+    return 0;
+}
+
+/* c [rows][n] = a [rows][k] @ W^T + bias (NULL: none), W given as panels (half: float16 values). */
+int panel_product(const float *a, long rows, long k, const void *panels, int half, long n, const float *bias,
+                  float *c, int threads) {
+    if (rows < 1 || rows > 1L << 30 || k < 1 || n < 1) return -2;
+    product_t m = {a, panels, half, (int)rows, k, n, bias, NULL, 0, c, n};
+    run_job(product_job, &m, threads);
+    return 0;
+}
