@@ -27,7 +27,7 @@ from ..runtime import blas_thread_count
 from .panel_ops import exactly_half, pack_panels, panel_library
 
 LANES = 16  # cache positions per key vector
-GROW = 256  # cache positions added when a session's buffers are full
+GROW = 128  # cache positions added when a session's buffers are full
 MAX_ROWS = 64
 _STATE: dict = {"enabled": True}
 

@@ -365,6 +365,7 @@ typedef struct {
 } step_t;
 
 static atomic_int barrier_count, barrier_phase;
+static int thread_phase[2]; /* each thread's side of the barrier; both flip at every barrier */
 
 INLINE void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -459,6 +460,20 @@ static void *helper_main(void *unused) {
     return NULL;
 }
 
+/* A forked child has no helper thread (and maybe a held lock): it starts afresh. */
+static void helper_after_fork(void) {
+    pthread_mutex_init(&helper_busy, NULL);
+    pthread_mutex_init(&helper_lock, NULL);
+    pthread_cond_init(&helper_go, NULL);
+    pthread_cond_init(&helper_done, NULL);
+    helper_pending = helper_started = helper_failed = 0;
+    atomic_store(&barrier_count, 0);
+    atomic_store(&barrier_phase, 0);
+    thread_phase[0] = thread_phase[1] = 0;
+}
+
+__attribute__((constructor)) static void helper_init(void) { pthread_atfork(NULL, NULL, helper_after_fork); }
+
 static int helper_ready(void) {
     if (helper_started) return 1;
     if (helper_failed) return 0;
@@ -496,8 +511,7 @@ static void run_job(job_fn job, void *arg, int threads) {
 }
 
 static void step_job(void *arg, int tid, int threads) {
-    static int phases[2]; /* each thread's side of the barrier; both flip at every barrier */
-    step_body((const step_t *)arg, tid, threads, &phases[tid]);
+    step_body((const step_t *)arg, tid, threads, &thread_phase[tid]);
 }
 
 static void product_job(void *arg, int tid, int threads) { run_product((const product_t *)arg, tid, threads); }
