@@ -39,23 +39,28 @@ def _native_on():
     t2s_native.set_native_decoding(True)
 
 
-def _prefilled(model, rows, prompt):
-    """(last-position logits [B, V], caches, pads, n_prompt) of the batch prefill generate_batch runs."""
+def _batch_input(model, rows, prompt):
+    """(x [B, L, D], pads, n_text) of the prefill generate_batch runs."""
     prompt = np.zeros(0, np.int64) if prompt is None else prompt
     x, pads = embed_batch(model, [(mx.array(p.astype(np.int32)), mx.array(b)) for p, b in rows], prompt)
-    n_prompt = len(prompt)
-    logits, cache = _prefill(model, x, batch_prefill_mask(pads, x.shape[1] - n_prompt, n_prompt))
-    return np.array(logits), cache, pads, n_prompt
+    return x, pads, x.shape[1] - len(prompt)
 
 
-def _forced(model, rows, prompt, codes_per_row, *, native=True, keep_every=None):
-    """Logits [B, V] of every decode step fed `codes_per_row` (teacher forcing) through a Stepper."""
+def _forced(model, rows, prompt, codes_per_row, *, native=True, mlx_prefill=False):
+    """Logits [B, V] of the prefill and of every decode step fed `codes_per_row` (teacher forcing):
+    prefill and steps native (`native`), or MLX's prefill handed to the native step (`mlx_prefill`),
+    or all MLX."""
     t2s_native.set_native_decoding(native)
-    _, cache, pads, n_prompt = _prefilled(model, rows, prompt)
+    x, pads, n_text = _batch_input(model, rows, prompt)
     steps = len(codes_per_row[0])
-    stepper = t2s.Stepper(model, cache, model.ar_audio_position.positions(n_prompt, steps), pads)
+    positions = model.ar_audio_position.positions(x.shape[1] - n_text, steps)
+    if mlx_prefill:
+        logits, cache = _prefill(model, x, batch_prefill_mask(pads, n_text, x.shape[1] - n_text))
+        stepper = t2s.Stepper(model, cache, positions, pads)
+    else:
+        logits, stepper = t2s.start_decoding(model, x, n_text, positions, pads)
     assert stepper.native == native
-    out = []
+    out = [np.array(logits)]
     for step in range(steps):
         tokens = mx.array([codes[step] for codes in codes_per_row], dtype=mx.int32)
         out.append(np.array(stepper(tokens, step)))
@@ -68,12 +73,13 @@ def test_native_logits_match_upstream_full_size(t2s_full):
     rows, prompt = oracle.random_rows((40, 23, 31), 60, seed=21)
     ups = [oracle.run_naive(ref, p, b, prompt, **GREEDY, early_stop_num=9) for p, b in rows]
     assert all(len(up.logits) > 8 for up in ups)
-    forced = _forced(model, rows, prompt, [up.codes[:8] for up in ups])
-    for step, logits in enumerate(forced):
-        for row, up in enumerate(ups):
-            assert np.ptp(up.logits[step + 1]) > 0.3, "random weights give flat logits"
-            err = rel_err(logits[row], up.logits[step + 1])
-            assert err < REL_TOL, f"row {row} step {step}: REL {err:.2e}"
+    for mlx_prefill in (False, True):  # native prefill, or MLX's prefill handed to the native step
+        forced = _forced(model, rows, prompt, [up.codes[:8] for up in ups], mlx_prefill=mlx_prefill)
+        for step, logits in enumerate(forced):  # step 0: the prefill
+            for row, up in enumerate(ups):
+                assert np.ptp(up.logits[step]) > 0.3, "random weights give flat logits"
+                err = rel_err(logits[row], up.logits[step])
+                assert err < REL_TOL, f"row {row} step {step} (MLX prefill: {mlx_prefill}): REL {err:.2e}"
     assert t2s_native.native_decoder(model).half, "official checkpoints hold float16 values"
 
 
@@ -109,29 +115,32 @@ def test_native_and_mlx_steps_agree(t2s_small):
 
 
 def test_rows_panels_and_threads_are_bit_identical(t2s_small):
-    """A row alone or in a batch, float16 or float32 panels, one or two threads: the same bits."""
+    """From the same prefilled caches, the decode step gives the same bits to a row alone or in a
+    batch, with float16 or float32 panels, on one or two threads."""
     _, model, _ = t2s_small
     rows, prompt = oracle.random_rows((20, 35, 12), 9, seed=3)
-    codes = [list(range(5, 25)), list(range(100, 120)), list(range(300, 320))]
-    with blas_threads(1):
-        batch = _forced(model, rows, prompt, codes)
-        alone = _forced(model, rows[1:2], prompt, codes[1:2])
-    for a, b in zip(batch, alone, strict=True):
-        np.testing.assert_array_equal(a[1:2], b)
-    with blas_threads(2):
-        two = _forced(model, rows, prompt, codes)
-    for a, b in zip(batch, two, strict=True):
-        np.testing.assert_array_equal(a, b)
+    x, pads, n_text = _batch_input(model, rows, prompt)
+    _, cache = _prefill(model, x, batch_prefill_mask(pads, n_text, x.shape[1] - n_text))
+    positions = np.array(model.ar_audio_position.positions(x.shape[1] - n_text, 20))
+    codes = np.stack([np.arange(5, 25), np.arange(100, 120), np.arange(300, 320)], axis=1)
+
+    def run(decoder, threads, keep=None):
+        session = decoder.session(cache, pads)
+        if keep is not None:
+            session.keep(keep)
+        with blas_threads(threads):
+            return [session.step(codes[i] if keep is None else codes[i][keep], positions[i]) for i in range(20)]
+
     decoder = t2s_native.native_decoder(model)
     assert decoder.half
-    model._native_decoder = t2s_native.NativeDecoder(model, decoder.lib, half=False)
-    model._native_decoder.sources = decoder.sources
-    try:
-        with blas_threads(1):
-            wide = _forced(model, rows, prompt, codes)
-    finally:
-        model._native_decoder = decoder
-    for a, b in zip(batch, wide, strict=True):
+    batch = run(decoder, 1)
+    for a, b in zip(batch, run(decoder, 1, keep=[1]), strict=True):
+        np.testing.assert_array_equal(a[1:2], b)
+    for a, b in zip(batch, run(decoder, 2), strict=True):
+        np.testing.assert_array_equal(a, b)
+    wide = t2s_native.NativeDecoder(model, decoder.lib, half=False)
+    assert not wide.half
+    for a, b in zip(batch, run(wide, 1), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -153,11 +162,12 @@ def test_keep_narrows_rows_and_bad_calls_are_refused(t2s_small):
     rows, prompt = oracle.random_rows((20, 35, 12), 9, seed=3)
     codes = [[7, 8, 9], [100, 101, 102], [300, 301, 302]]
     full = _forced(model, rows, prompt, codes)
-    _, cache, pads, n_prompt = _prefilled(model, rows, prompt)
-    session = t2s_native.native_decoder(model).session(cache, pads)
-    positions = np.array(model.ar_audio_position.positions(n_prompt, 3))
-    np.testing.assert_array_equal(session.step(np.array([7, 100, 300]), positions[0]), full[0])
+    x, pads, n_text = _batch_input(model, rows, prompt)
+    logits, session = t2s_native.native_decoder(model).prefill(model, x, n_text, pads)
+    np.testing.assert_array_equal(np.array(logits), full[0])
+    positions = np.array(model.ar_audio_position.positions(x.shape[1] - n_text, 3))
+    np.testing.assert_array_equal(session.step(np.array([7, 100, 300]), positions[0]), full[1])
     session.keep([2, 0])
-    np.testing.assert_array_equal(session.step(np.array([301, 8]), positions[1]), full[1][[2, 0]])
+    np.testing.assert_array_equal(session.step(np.array([301, 8]), positions[1]), full[2][[2, 0]])
     with pytest.raises(PrimeSpeechError, match="2 rows"):
         session.step(np.array([1, 2, 3]), positions[2])

@@ -21,7 +21,7 @@ from ..errors import PrimeSpeechError
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 1
+_VERSION = 2
 PANEL = 32  # output features per packed weight panel
 _STATE: dict = {"lib": None, "tried": False, "enabled": True}
 
@@ -38,6 +38,7 @@ def _load() -> ctypes.CDLL | None:
         if lib.panel_version() != _VERSION:
             raise OSError(f"version {lib.panel_version()}, expected {_VERSION}: rebuild it")
         lib.t2s_step.argtypes = [p, ctypes.c_float, p, p, p, p, p, p, p]
+        lib.t2s_prefill_attention.argtypes = [p, p, p, p, p, p, p]
         lib.panel_product.argtypes = [p, ctypes.c_long, ctypes.c_long, p, ctypes.c_int, ctypes.c_long, p, p,
                                       ctypes.c_int]
     except (OSError, AttributeError) as exc:

@@ -482,13 +482,17 @@ class Stepper:
     the codes after `tokens` [rows], the codes of decode step `idx`; `keep(positions)` narrows the
     rows. The stepper owns `cache` from now on."""
 
-    def __init__(self, model: Model, cache: list[KVCache], positions: mx.array,
-                 valid_from: Sequence[int] | None = None):
+    def __init__(self, model: Model, cache: list[KVCache] | None, positions: mx.array,
+                 valid_from: Sequence[int] | None = None, session=None):
+        """`cache` of an MLX prefill (taken over by the native step where available), or `session`, a
+        `t2s_native.DecodeSession` the native prefill filled."""
         from .t2s_native import native_decoder
 
-        native = native_decoder(model)
         padded = valid_from is not None and any(valid_from)
-        self.session = native.session(cache, valid_from if padded else None) if native else None
+        if session is None:
+            native = native_decoder(model)
+            session = native.session(cache, valid_from if padded else None) if native else None
+        self.session = session
         if self.session is not None:
             self.positions = np.array(positions, dtype=np.float32)
             return
@@ -515,6 +519,29 @@ class Stepper:
             self.valid_from = self.valid_from[index]
         for c in self.cache:
             c.keys, c.values = c.keys[index], c.values[index]
+
+
+def start_decoding(model: Model, x: mx.array, n_text: int, positions: mx.array, pads: Sequence[int] | None = None,
+                   mlx_prefill: Callable | None = None) -> tuple[mx.array, Stepper]:
+    """Prefill x [B, L, D] (rows left-padded by `pads` to `n_text` text positions, then the prompt
+    codes): the last position's logits [B, vocab] and the Stepper that decodes after it. Natively
+    where `t2s_native` is available; else in MLX, by `mlx_prefill(x, mask) -> (logits, cache)` (default:
+    the model's own call)."""
+    from .t2s_batch import batch_prefill_mask
+    from .t2s_native import native_decoder
+
+    native = native_decoder(model)
+    if native is not None:
+        logits, session = native.prefill(model, x, n_text, pads)
+        return logits, Stepper(model, None, positions, pads, session=session)
+    if mlx_prefill is None:
+        def mlx_prefill(x, mask):
+            cache = model.make_cache()
+            return model(x, mask, cache, last_only=True), cache
+    n_audio = x.shape[1] - n_text
+    mask = batch_prefill_mask(pads, n_text, n_audio) if pads is not None else prefill_mask(n_text, n_audio)
+    logits, cache = mlx_prefill(x, mask)
+    return logits, Stepper(model, cache, positions, pads)
 
 
 def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | None = 15,
@@ -547,10 +574,8 @@ def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | Non
     x = model.embed_text(phones[None], bert[None])
     if n_prompt:
         x = mx.concatenate([x, model.embed_audio(mx.array(prompt.astype(np.int32))[None])], axis=1)
-    cache = model.make_cache()
-    logits = model(x, prefill_mask(n_text, n_prompt), cache, last_only=True)
+    logits, stepper = start_decoding(model, x, n_text, model.ar_audio_position.positions(n_prompt, max_tokens))
     seen = _seen_mask(prompt, args.vocab_size)
-    stepper = Stepper(model, cache, model.ar_audio_position.positions(n_prompt, max_tokens))
     last = last_step(max_tokens, early_stop_num)
 
     def step(idx, logits, seen, key):

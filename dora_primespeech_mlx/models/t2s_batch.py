@@ -26,11 +26,11 @@ from .t2s import (
     MAX_DECODE_STEPS,
     KVCache,
     Model,
-    Stepper,
     _check_inputs,
     _make_token_step,
     _seen_mask,
     last_step,
+    start_decoding,
 )
 
 
@@ -120,10 +120,10 @@ def generate_batch(model: Model, rows: Sequence[tuple[object, object]], prompt=N
 
     x, pads = embed_batch(model, [(phones, bert) for phones, bert, _ in checked], prompt_codes)
     n_prompt = prompt_codes.shape[0]
-    logits, cache = _prefill(model, x, batch_prefill_mask(pads, x.shape[1] - n_prompt, n_prompt))
+    logits, stepper = start_decoding(model, x, x.shape[1] - n_prompt,
+                                     model.ar_audio_position.positions(n_prompt, max_tokens), pads,
+                                     mlx_prefill=lambda x, mask: _prefill(model, x, mask))
     seen = [_seen_mask(prompt_codes, args.vocab_size)] * batch
-    stepper = Stepper(model, cache, model.ar_audio_position.positions(n_prompt, max_tokens), pads)
-    del cache
     last = last_step(max_tokens, early_stop_num)
 
     def sample(idx: int, logits: mx.array, seen: list, keys: list):

@@ -19,6 +19,7 @@ import ctypes
 from collections.abc import Sequence
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
@@ -87,9 +88,47 @@ class NativeDecoder:
         self.embedding = f32(model.ar_audio_embedding.word_embeddings.weight)
         self.position_table = model.ar_audio_position
 
+    def take_buffers(self, count: int, size: int) -> list[np.ndarray]:
+        """`count` float32 buffers of at least `size` values: the spare ones when they are large enough."""
+        spare, self._spare = getattr(self, "_spare", None), None
+        if spare is not None and len(spare) == count and all(b.size >= size for b in spare):
+            return spare
+        return [np.empty(size, np.float32) for _ in range(count)]
+
+    def give_buffers(self, buffers: list[np.ndarray]) -> None:
+        """Keep a finished session's buffers for the next one (the larger set, when there are two)."""
+        spare = getattr(self, "_spare", None)
+        if spare is None or buffers[0].size > spare[0].size:
+            self._spare = buffers
+
     def session(self, cache, valid_from: Sequence[int] | None = None) -> DecodeSession:
-        """Take over the filled `cache` (list of t2s.KVCache, one per layer) of a prefill."""
-        return DecodeSession(self, cache, valid_from)
+        """Take over the filled `cache` (list of t2s.KVCache, one per layer) of an MLX prefill."""
+        return DecodeSession.from_cache(self, cache, valid_from)
+
+    def prefill(self, model, x: mx.array, n_text: int, pads: Sequence[int] | None = None
+                ) -> tuple[mx.array, DecodeSession]:
+        """The prefill of x [B, L, D] (rows left-padded by `pads` to `n_text` text positions, then the
+        prompt codes): the last position's logits [B, vocab] and the session holding every layer's
+        keys and values. Products and norms run in MLX (large BLAS products); attention runs here,
+        writing the keys and values straight into the session's layout."""
+        rows, length, dims = x.shape
+        session = DecodeSession(self, rows, length, pads if pads is not None and any(pads) else None)
+        threads = 2 if (blas_thread_count() or 1) > 1 else 1
+        shape = (ctypes.c_long * 7)(rows, length, dims, self.heads, session.capacity, n_text, threads)
+        scores = np.empty((2, session.capacity), np.float32)
+        valid = None if session.valid_from is None else session.valid_from.ctypes.data
+        for i, layer in enumerate(model.layers):
+            att = layer.self_attn
+            qkv = np.array(mx.addmm(att.in_proj_bias, x, att.in_proj_weight.T), dtype=np.float32)
+            context = np.empty((rows, length, dims), np.float32)
+            status = self.lib.t2s_prefill_attention(shape, qkv.ctypes.data, _pointer(session.caches[2 * i]),
+                                                    _pointer(session.caches[2 * i + 1]), valid,
+                                                    context.ctypes.data, scores.ctypes.data)
+            if status != 0:
+                raise PrimeSpeechError(f"native T2S prefill refused its arguments (status {status})")
+            x = layer.norm1(x + att.out_proj(mx.array(context)))
+            x = layer.norm2(x + layer.linear2(nn.relu(layer.linear1(x))))
+        return model.ar_predict_layer(x[:, -1]), session
 
 
 class DecodeSession:
@@ -97,52 +136,60 @@ class DecodeSession:
 
     Rows keep their place in the buffers; `keep` narrows the rows that are decoded."""
 
-    def __init__(self, decoder: NativeDecoder, cache, valid_from: Sequence[int] | None):
+    def __init__(self, decoder: NativeDecoder, rows: int, length: int, valid_from: Sequence[int] | None):
+        """Empty buffers for `rows` rows whose first `length` positions a prefill fills."""
+        if not 1 <= rows <= MAX_ROWS:
+            raise PrimeSpeechError(f"the native T2S decode step takes 1 to {MAX_ROWS} rows, got {rows}")
         self.decoder = decoder
-        first = cache[0]
-        rows, heads, _, head_dim = first.keys.shape
-        if rows > MAX_ROWS:
-            raise PrimeSpeechError(f"the native T2S decode step takes at most {MAX_ROWS} rows, got {rows}")
-        self.offset = first.offset
-        self.head_dim = head_dim
-        self.capacity = -(-(self.offset + GROW) // LANES) * LANES
-        self.caches: list[np.ndarray] = []
-        for layer_cache in cache:
-            keys = np.array(layer_cache.keys[:, :, :self.offset], dtype=np.float32)
-            values = np.array(layer_cache.values[:, :, :self.offset], dtype=np.float32)
-            self.caches += [self._key_tiles(keys), self._value_rows(values)]
+        self.offset = length
+        self.head_dim = decoder.dims // decoder.heads
+        self.capacity = -(-(length + GROW) // LANES) * LANES
+        blocks, h, dh = self.capacity // LANES, decoder.heads, self.head_dim
+        size = rows * h * self.capacity * dh
+        # Positions no prefill or step has written are never attended to, so the buffers need no
+        # clearing: they are the decoder's spare ones where those are large enough (fresh memory
+        # costs a page fault per 4 KiB, ~0.5 s for a 12-row batch).
+        self._buffers = decoder.take_buffers(2 * decoder.layers, size)
+        self.caches = []
+        for i in range(decoder.layers):
+            self.caches += [self._buffers[2 * i][:size].reshape(rows, h, blocks, dh, LANES),
+                            self._buffers[2 * i + 1][:size].reshape(rows, h, self.capacity, dh)]
         self.rows = np.arange(rows, dtype=np.int32)
         self.valid_from = None if valid_from is None else np.asarray(valid_from, dtype=np.int32).copy()
         self._scratch_rows = self._scratch_capacity = 0
         self._pointers()
 
-    def _key_tiles(self, keys: np.ndarray) -> np.ndarray:
-        """[B, H, T, Dh] -> [B, H, capacity / 16, Dh, 16] (zeros beyond T)."""
-        b, h, t, dh = keys.shape
-        out = np.zeros((b, h, self.capacity // LANES, LANES, dh), np.float32)
-        out.reshape(b, h, self.capacity, dh)[:, :, :t] = keys
-        return np.ascontiguousarray(out.transpose(0, 1, 2, 4, 3))
+    def __del__(self):
+        buffers = getattr(self, "_buffers", None)
+        if buffers is not None:
+            self.decoder.give_buffers(buffers)
 
-    def _value_rows(self, values: np.ndarray) -> np.ndarray:
-        b, h, t, dh = values.shape
-        out = np.zeros((b, h, self.capacity, dh), np.float32)
-        out[:, :, :t] = values
-        return out
+    @classmethod
+    def from_cache(cls, decoder: NativeDecoder, cache, valid_from: Sequence[int] | None) -> DecodeSession:
+        """A session holding the caches (t2s.KVCache per layer) an MLX prefill filled."""
+        rows, _, _, _ = cache[0].keys.shape
+        session = cls(decoder, rows, cache[0].offset, valid_from)
+        n = session.offset
+        for i, layer_cache in enumerate(cache):
+            keys = np.array(layer_cache.keys[:, :, :n], dtype=np.float32)
+            tiles = session.caches[2 * i]
+            b, h, blocks, dh, _ = tiles.shape
+            padded = np.zeros((b, h, blocks * LANES, dh), np.float32)
+            padded[:, :, :n] = keys
+            tiles[...] = padded.reshape(b, h, blocks, LANES, dh).transpose(0, 1, 2, 4, 3)
+            session.caches[2 * i + 1][:, :, :n] = np.array(layer_cache.values[:, :, :n], dtype=np.float32)
+        return session
 
     def _grow(self) -> None:
         old = self.capacity
         self.capacity = old + GROW
+        self._buffers = [np.empty(buf.size // old * self.capacity, np.float32) for buf in self.caches]
         grown = []
         for i, buf in enumerate(self.caches):
             shape = list(buf.shape)
-            if i % 2 == 0:
-                shape[2] = self.capacity // LANES
-                new = np.zeros(shape, np.float32)
-                new[:, :, :old // LANES] = buf
-            else:
-                shape[2] = self.capacity
-                new = np.zeros(shape, np.float32)
-                new[:, :, :old] = buf
+            shape[2] = self.capacity // LANES if i % 2 == 0 else self.capacity
+            new = self._buffers[i].reshape(shape)
+            new[:, :, :buf.shape[2]] = buf
             grown.append(new)
         self.caches = grown
         self._pointers()

@@ -258,22 +258,20 @@ typedef struct {
     float *scores; /* [capacity] for this thread */
 } attention_t;
 
-/* One row and head; `hd` is a constant after inlining, so the head's vectors stay in registers. */
-INLINE void attend_dim(const int hd, const attention_t *t, int row, int head) {
-    const int cr = t->cache_rows[row];
-    const long blocks = t->capacity / LANES, at = t->offset;
-    float *kt = t->keys + ((long)cr * t->heads + head) * blocks * hd * LANES;
-    float *vv = t->values + ((long)cr * t->heads + head) * t->capacity * hd;
-    const float *q = t->qkv + (long)row * 3 * t->dims + (long)head * hd;
-    const float *k_new = q + t->dims, *v_new = q + 2 * t->dims;
+/* Key and value of position `at` into one row/head's caches (kt: key tiles, vv: value rows). */
+INLINE void write_kv(const int hd, float *kt, float *vv, long at, const float *k, const float *v) {
     for (int d = 0; d < hd; d++) {
-        kt[(at / LANES) * hd * LANES + (long)d * LANES + at % LANES] = k_new[d];
-        vv[at * hd + d] = v_new[d];
+        kt[(at / LANES) * hd * LANES + (long)d * LANES + at % LANES] = k[d];
+        vv[at * hd + d] = v[d];
     }
-    const long from = t->valid_from ? t->valid_from[row] : 0, b0 = from / LANES, b1 = at / LANES;
-    float qs[MAX_HEAD_DIM];
-    for (int d = 0; d < hd; d++) qs[d] = q[d] * t->scale;
-    float *s = t->scores;
+}
+
+/* ctx[hd] = softmax(qs . keys[from..to]) @ values[from..to] for one row/head (qs already scaled;
+ * s: scratch for the scores); `hd` is a constant after inlining, so the head's vectors stay in
+ * registers. */
+INLINE void attend_range(const int hd, const float *qs, const float *kt, const float *vv, long from, long to,
+                         float *s, float *ctx) {
+    const long b0 = from / LANES, b1 = to / LANES;
     /* The caches come from memory, one row/head after another: prefetch AHEAD blocks (positions)
      * in front of both streams so that many lines are in flight. */
     for (long b = b0; b <= b1; b++) {
@@ -289,7 +287,7 @@ INLINE void attend_dim(const int hd, const attention_t *t, int row, int head) {
         if (d < hd) acc0 += splat(qs[d]) * load(kb + (long)d * LANES);
         store(s + (b - b0) * LANES, acc0 + acc1);
     }
-    const long first = from - b0 * LANES, last = at - b0 * LANES, span = (b1 - b0 + 1) * LANES;
+    const long first = from - b0 * LANES, last = to - b0 * LANES, span = (b1 - b0 + 1) * LANES;
     for (long i = 0; i < first; i++) s[i] = -INFINITY;
     for (long i = last + 1; i < span; i++) s[i] = -INFINITY;
     vf top = splat(-INFINITY);
@@ -327,17 +325,58 @@ INLINE void attend_dim(const int hd, const attention_t *t, int row, int head) {
         const float *v = vv + (b0 * LANES + i) * hd;
         for (int j = 0; j < vecs; j++) even[j] += w0 * load(v + j * LANES);
     }
-    float *ctx = t->context + (long)row * t->dims + (long)head * hd;
     const float inv = 1.0f / sum;
     for (int j = 0; j < vecs; j++) store(ctx + j * LANES, (even[j] + odd[j]) * inv);
 }
 
-CLONES static void attend(const attention_t *t, int row, int head) {
+INLINE void head_caches(const attention_t *t, int cache_row, int head, int hd, float **kt, float **vv) {
+    *kt = t->keys + ((long)cache_row * t->heads + head) * (t->capacity / LANES) * hd * LANES;
+    *vv = t->values + ((long)cache_row * t->heads + head) * t->capacity * hd;
+}
+
+/* Decode: the new position's key/value at `offset`, then its query over [valid_from, offset]. */
+INLINE void attend_new(const int hd, const attention_t *t, int row, int head) {
+    float *kt, *vv, qs[MAX_HEAD_DIM];
+    head_caches(t, t->cache_rows[row], head, hd, &kt, &vv);
+    const float *q = t->qkv + (long)row * 3 * t->dims + (long)head * hd;
+    write_kv(hd, kt, vv, t->offset, q + t->dims, q + 2 * t->dims);
+    for (int d = 0; d < hd; d++) qs[d] = q[d] * t->scale;
+    attend_range(hd, qs, kt, vv, t->valid_from ? t->valid_from[row] : 0, t->offset, t->scores,
+                 t->context + (long)row * t->dims + (long)head * hd);
+}
+
+/* Prefill of row `row` (cache row `row`; positions 0..offset-1, left-padded by valid_from[row], text positions below
+ * n_text): every key/value into the caches, then text queries over the row's text and audio
+ * queries over its text and the audio up to themselves; padded queries get zeros. */
+INLINE void attend_prefill(const int hd, const attention_t *t, int row, int head, long n_text) {
+    float *kt, *vv, qs[MAX_HEAD_DIM];
+    head_caches(t, row, head, hd, &kt, &vv);
+    const long length = t->offset, pad = t->valid_from ? t->valid_from[row] : 0;
+    for (long i = 0; i < length; i++) {
+        const float *q = t->qkv + ((long)row * length + i) * 3 * t->dims + (long)head * hd;
+        write_kv(hd, kt, vv, i, q + t->dims, q + 2 * t->dims);
+    }
+    for (long i = 0; i < length; i++) {
+        float *ctx = t->context + ((long)row * length + i) * t->dims + (long)head * hd;
+        if (i < pad) {
+            memset(ctx, 0, sizeof(float) * (size_t)hd);
+            continue;
+        }
+        const float *q = t->qkv + ((long)row * length + i) * 3 * t->dims + (long)head * hd;
+        for (int d = 0; d < hd; d++) qs[d] = q[d] * t->scale;
+        attend_range(hd, qs, kt, vv, pad, i < n_text ? n_text - 1 : i, t->scores, ctx);
+    }
+}
+
+/* n_text < 0: a decode step's new position; else the prefill of a row. */
+CLONES static void attend(const attention_t *t, int row, int head, long n_text) {
     switch (t->head_dim) {
-    case 16: attend_dim(16, t, row, head); break;
-    case 32: attend_dim(32, t, row, head); break;
-    case 64: attend_dim(64, t, row, head); break;
-    default: attend_dim(t->head_dim, t, row, head); break;
+    case 16: n_text < 0 ? attend_new(16, t, row, head) : attend_prefill(16, t, row, head, n_text); break;
+    case 32: n_text < 0 ? attend_new(32, t, row, head) : attend_prefill(32, t, row, head, n_text); break;
+    case 64: n_text < 0 ? attend_new(64, t, row, head) : attend_prefill(64, t, row, head, n_text); break;
+    default:
+        n_text < 0 ? attend_new(t->head_dim, t, row, head) : attend_prefill(t->head_dim, t, row, head, n_text);
+        break;
     }
 }
 
@@ -413,7 +452,7 @@ static void step_body(const step_t *s, int tid, int threads, int *phase) {
                            s->scores + tid * s->capacity};
         long t0, t1;
         share((long)s->rows * s->heads, tid, threads, &t0, &t1);
-        for (long task = t0; task < t1; task++) attend(&att, (int)(task / s->heads), (int)(task % s->heads));
+        for (long task = t0; task < t1; task++) attend(&att, (int)(task / s->heads), (int)(task % s->heads), -1);
         barrier(threads, phase);
         product_t out = {s->context, p[P_OUT_W], s->half, s->rows, d, d, p[P_OUT_B], s->x, 0, s->hidden, d};
         run_product(&out, tid, threads);
@@ -516,7 +555,21 @@ static void step_job(void *arg, int tid, int threads) {
 
 static void product_job(void *arg, int tid, int threads) { run_product((const product_t *)arg, tid, threads); }
 
-int panel_version(void) { return 1; }
+typedef struct {
+    attention_t att;
+    long n_text, rows;
+} prefill_t;
+
+static void prefill_job(void *arg, int tid, int threads) {
+    const prefill_t *p = (const prefill_t *)arg;
+    attention_t att = p->att;
+    att.scores += tid * att.capacity;
+    long t0, t1;
+    share((long)att.heads * p->rows, tid, threads, &t0, &t1);
+    for (long task = t0; task < t1; task++) attend(&att, (int)(task / att.heads), (int)(task % att.heads), p->n_text);
+}
+
+int panel_version(void) { return 2; }
 
 /* dims: layers, model dims, heads, ffn dims, vocab, half (0/1), rows, capacity, offset, threads.
  * x [rows][dims] holds the embedded new codes and receives the last hidden state; logits [rows][vocab]. */
@@ -532,6 +585,25 @@ int t2s_step(const long *dims, float eps, void *const *params, float *const *cac
     for (int r = 0; r < s.rows; r++)
         if (valid_from && (valid_from[r] < 0 || valid_from[r] > s.offset)) return -2;
     run_job(step_job, &s, (int)dims[9]);
+    return 0;
+}
+
+/* One layer's prefill attention. dims: rows, positions, model dims, heads, capacity, n_text, threads.
+ * qkv [rows][positions][3 * dims] (q | k | v); keys/values: the layer's caches, cache row r = row r,
+ * filled at positions 0..positions-1; valid_from [rows]: each row's left padding (NULL: none);
+ * context [rows][positions][dims]; scores [threads][capacity] scratch. */
+int t2s_prefill_attention(const long *dims, const float *qkv, float *keys, float *values, const int *valid_from,
+                          float *context, float *scores) {
+    const long rows = dims[0], length = dims[1], d = dims[2], heads = dims[3], capacity = dims[4];
+    if (rows < 1 || length < 1 || heads < 1 || d % heads || (d / heads) % LANES || d / heads > MAX_HEAD_DIM ||
+        capacity % LANES || length > capacity || dims[5] < 1 || dims[5] > length)
+        return -2;
+    for (long r = 0; r < rows; r++)
+        if (valid_from && (valid_from[r] < 0 || valid_from[r] >= dims[5])) return -2;
+    prefill_t p = {{qkv, keys, values, context, NULL, valid_from, (int)heads, (int)(d / heads), (int)d, capacity,
+                    length, 1.0f / sqrtf((float)(d / heads)), scores},
+                   dims[5], rows};
+    run_job(prefill_job, &p, (int)dims[6]);
     return 0;
 }
 
