@@ -39,11 +39,14 @@ def test_packed_product_matches_numpy(rows, n, k, half):
 
 def test_panel_layout():
     w = np.arange(40 * 3, dtype=np.float32).reshape(40, 3)
-    panels = pack_panels(w, half=False)
+    panels = pack_panels(panel_library(), w, half=False)
     assert panels.shape == (2, 3, 32)
     np.testing.assert_array_equal(panels[0], w[:32].T)
     np.testing.assert_array_equal(panels[1, :, :8], w[32:].T)
     assert not panels[1, :, 8:].any()
+    assert pack_panels(panel_library(), w, half=True).dtype == np.float16  # small integers: exact
+    assert pack_panels(panel_library(), w + 1e-3, half=True) is None
+    assert pack_panels(panel_library(), w + 1e-3).dtype == np.float32
 
 
 def test_bad_input_is_refused():

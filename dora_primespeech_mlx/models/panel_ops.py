@@ -18,10 +18,11 @@ import mlx.core as mx
 import numpy as np
 
 from ..errors import PrimeSpeechError
+from ..runtime import usable_cores
 
 logger = logging.getLogger(__name__)
 
-_VERSION = 2
+_VERSION = 4
 PANEL = 32  # output features per packed weight panel
 _STATE: dict = {"lib": None, "tried": False, "enabled": True}
 
@@ -39,6 +40,7 @@ def _load() -> ctypes.CDLL | None:
             raise OSError(f"version {lib.panel_version()}, expected {_VERSION}: rebuild it")
         lib.t2s_step.argtypes = [p, ctypes.c_float, p, p, p, p, p, p, p]
         lib.t2s_prefill_attention.argtypes = [p, p, p, p, p, p, p]
+        lib.panel_pack.argtypes = [p, ctypes.c_long, ctypes.c_long, p, ctypes.c_int, ctypes.c_int]
         lib.panel_product.argtypes = [p, ctypes.c_long, ctypes.c_long, p, ctypes.c_int, ctypes.c_long, p, p,
                                       ctypes.c_int]
     except (OSError, AttributeError) as exc:
@@ -62,30 +64,44 @@ def set_panel_kernels(enabled: bool) -> None:
     _STATE["enabled"] = bool(enabled)
 
 
-def exactly_half(arrays) -> bool:
-    """Whether every value of `arrays` is a float16 value (packing them as float16 changes nothing)."""
-    return all(np.array_equal(a.astype(np.float16).astype(np.float32), a) for a in arrays)
+def _float32_rows(weight) -> np.ndarray:
+    """A row-contiguous float32 NumPy array of `weight` (MLX or NumPy): a view where possible."""
+    if isinstance(weight, mx.array):
+        if weight.dtype != mx.float32:
+            weight = weight.astype(mx.float32)
+        mx.eval(weight)
+        weight = np.array(weight, copy=False)
+    return np.ascontiguousarray(weight, dtype=np.float32)
 
 
-def pack_panels(weight: np.ndarray, half: bool) -> np.ndarray:
-    """[n, k] (torch Linear layout) -> panels [ceil(n / 32), k, 32], zero-padded, float16 or float32."""
-    n, k = weight.shape
-    padded = np.zeros((-(-n // PANEL) * PANEL, k), np.float32)
-    padded[:n] = weight
-    panels = padded.reshape(-1, PANEL, k).transpose(0, 2, 1)
-    return np.ascontiguousarray(panels, dtype=np.float16 if half else np.float32)
+def pack_panels(lib: ctypes.CDLL, weight, half: bool | None = None) -> np.ndarray | None:
+    """[n, k] (torch Linear layout, MLX or NumPy) -> panels [ceil(n / 32), k, 32], zero-padded:
+    float16 where every value is exactly a float16 (half None: whichever holds; True: float16 or
+    None), else float32."""
+    w = _float32_rows(weight)
+    n, k = w.shape
+    threads = min(2, len(usable_cores()))
+    shape = (-(-n // PANEL), k, PANEL)
+    if half is not False:
+        out = np.empty(shape, np.float16)
+        if lib.panel_pack(w.ctypes.data, n, k, out.ctypes.data, 1, threads) == 0:
+            return out
+        if half:
+            return None
+    out = np.empty(shape, np.float32)
+    lib.panel_pack(w.ctypes.data, n, k, out.ctypes.data, 0, threads)
+    return out
 
 
 class PackedLinear:
     """y = x @ W^T + b with W packed once (float16 panels only where that is exact)."""
 
     def __init__(self, lib: ctypes.CDLL, weight, bias=None):
-        w = np.ascontiguousarray(np.array(weight, dtype=np.float32))
         self.lib = lib
-        self.out_features, self.in_features = w.shape
-        self.half = exactly_half([w])
-        self.panels = pack_panels(w, self.half)
-        self.bias = None if bias is None else np.ascontiguousarray(np.array(bias, dtype=np.float32))
+        self.out_features, self.in_features = weight.shape
+        self.panels = pack_panels(lib, weight)
+        self.half = self.panels.dtype == np.float16
+        self.bias = None if bias is None else np.array(_float32_rows(bias))
 
     def __call__(self, x: np.ndarray, threads: int = 1, out: np.ndarray | None = None) -> np.ndarray:
         """x [rows, in] float32 C-contiguous -> [rows, out] (written into `out` when given)."""

@@ -25,7 +25,7 @@ from mlx.utils import tree_flatten
 
 from ..errors import PrimeSpeechError
 from ..runtime import blas_thread_count
-from .panel_ops import exactly_half, pack_panels, panel_library
+from .panel_ops import pack_panels, panel_library
 
 LANES = 16  # cache positions per key vector
 GROW = 128  # cache positions added when a session's buffers are full
@@ -60,30 +60,35 @@ class NativeDecoder:
         self.ffn = model.layers[0].linear1.weight.shape[0]
         self.vocab = args.vocab_size
         self.eps = float(model.layers[0].norm1.eps)
-        f32 = lambda a: np.ascontiguousarray(np.array(a, dtype=np.float32))  # noqa: E731
-        matrices, vectors = [], []
-        for layer in model.layers:
-            att = layer.self_attn
-            matrices.append([f32(att.in_proj_weight), f32(att.out_proj.weight), f32(layer.linear1.weight),
-                             f32(layer.linear2.weight)])
-            vectors.append([f32(att.in_proj_bias), f32(att.out_proj.bias), f32(layer.linear1.bias),
-                            f32(layer.linear2.bias), f32(layer.norm1.weight), f32(layer.norm1.bias),
-                            f32(layer.norm2.weight), f32(layer.norm2.bias)])
-        predict = f32(model.ar_predict_layer.weight)
-        exact = exactly_half([m for ms in matrices for m in ms] + [predict])
-        # float16 panels only where no value changes; `half=False` forces float32 panels
-        self.half = exact if half is None else bool(half) and exact
+        f32 = lambda a: np.array(np.array(a, dtype=np.float32), copy=True)  # noqa: E731
+        layers = model.layers
+        matrices = [m for layer in layers for m in (layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight,
+                                                     layer.linear1.weight, layer.linear2.weight)]
+        matrices.append(model.ar_predict_layer.weight)
+        # float16 panels only where no value of any matrix changes; `half=False` forces float32
+        panels = []
+        for m in matrices if half is not False else []:
+            packed = pack_panels(lib, m, half=True)
+            if packed is None:
+                panels = []
+                break
+            panels.append(packed)
+        self.half = bool(panels)
+        if not self.half:
+            panels = [pack_panels(lib, m, half=False) for m in matrices]
         self._keep = []  # every array the pointers below point into
         pointers = []
-        for ms, vs in zip(matrices, vectors, strict=True):
-            qkv_w, out_w, ff1_w, ff2_w = (pack_panels(m, self.half) for m in ms)
-            qkv_b, out_b, ff1_b, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b = vs
-            layer = [qkv_w, qkv_b, out_w, out_b, ff1_w, ff1_b, ff2_w, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b]
-            self._keep += layer
-            pointers += [_pointer(a) for a in layer]
-        logits_w = pack_panels(predict, self.half)
-        self._keep.append(logits_w)
-        pointers.append(_pointer(logits_w))
+        for i, layer in enumerate(layers):
+            att = layer.self_attn
+            qkv_w, out_w, ff1_w, ff2_w = panels[4 * i:4 * i + 4]
+            vectors = [f32(v) for v in (att.in_proj_bias, att.out_proj.bias, layer.linear1.bias, layer.linear2.bias,
+                                        layer.norm1.weight, layer.norm1.bias, layer.norm2.weight, layer.norm2.bias)]
+            qkv_b, out_b, ff1_b, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b = vectors
+            entry = [qkv_w, qkv_b, out_w, out_b, ff1_w, ff1_b, ff2_w, ff2_b, ln1_w, ln1_b, ln2_w, ln2_b]
+            self._keep += entry
+            pointers += [_pointer(a) for a in entry]
+        self._keep.append(panels[-1])
+        pointers.append(_pointer(panels[-1]))
         self.params = _array_of(pointers)
         self.embedding = f32(model.ar_audio_embedding.word_embeddings.weight)
         self.position_table = model.ar_audio_position

@@ -549,6 +549,56 @@ static void run_job(job_fn job, void *arg, int threads) {
     pthread_mutex_unlock(&helper_busy);
 }
 
+typedef struct {
+    const float *w;
+    long n, k;
+    void *dst;
+    int half;
+    atomic_int inexact;
+} pack_t;
+
+/* Panels p0..p1 of a pack_t; stops early once some value is found not to be a float16. */
+CLONES static void pack_range(pack_t *t, long p0, long p1) {
+    const long n = t->n, k = t->k;
+    for (long p = p0; p < p1 && !atomic_load(&t->inexact); p++) {
+        for (int j = 0; j < PANEL; j++) {
+            const long row = p * PANEL + j;
+            const float *src = t->w + row * k;
+            if (t->half) {
+                _Float16 *out = (_Float16 *)t->dst + p * k * PANEL + j;
+                for (long i = 0; i < k; i++) {
+                    const float v = row < n ? src[i] : 0.0f;
+                    const _Float16 h = (_Float16)v;
+                    if ((float)h != v) {
+                        atomic_store(&t->inexact, 1);
+                        return;
+                    }
+                    out[i * PANEL] = h;
+                }
+            } else {
+                float *out = (float *)t->dst + p * k * PANEL + j;
+                for (long i = 0; i < k; i++) out[i * PANEL] = row < n ? src[i] : 0.0f;
+            }
+        }
+    }
+}
+
+static void pack_job(void *arg, int tid, int threads) {
+    pack_t *t = (pack_t *)arg;
+    long p0, p1;
+    share((t->n + PANEL - 1) / PANEL, tid, threads, &p0, &p1);
+    pack_range(t, p0, p1);
+}
+
+/* dst = w [n][k] as panels [ceil(n / 32)][k][32], zero-padded; float16 (its bits) when `half`.
+ * Returns 1, with dst incomplete, when `half` is asked for and a value is not exactly a float16. */
+int panel_pack(const float *w, long n, long k, void *dst, int half, int threads) {
+    if (n < 1 || k < 1) return -2;
+    pack_t t = {w, n, k, dst, half, 0};
+    run_job(pack_job, &t, threads);
+    return atomic_load(&t.inexact) ? 1 : 0;
+}
+
 static void step_job(void *arg, int tid, int threads) {
     step_body((const step_t *)arg, tid, threads, &thread_phase[tid]);
 }
@@ -569,7 +619,7 @@ static void prefill_job(void *arg, int tid, int threads) {
     for (long task = t0; task < t1; task++) attend(&att, (int)(task / att.heads), (int)(task % att.heads), p->n_text);
 }
 
-int panel_version(void) { return 2; }
+int panel_version(void) { return 4; }
 
 /* dims: layers, model dims, heads, ffn dims, vocab, half (0/1), rows, capacity, offset, threads.
  * x [rows][dims] holds the embedded new codes and receives the last hidden state; logits [rows][vocab]. */
