@@ -1,10 +1,12 @@
-"""Native CPU kernels of the encoders (native/encoder_kernels.c), loaded with ctypes.
+"""Native CPU kernels of the encoders and the vocoder (native/encoder_kernels.c), loaded with ctypes.
 
 MLX compiles its CPU kernels without -march (SSE2, no FMA) and runs each on one thread. The
 encoders' CPU paths instead evaluate their matrix products lane by lane and run the softmax, GELU,
 LayerNorm and grouped convolution between them in this C library (AVX-512/AVX2 clones, one POSIX
-thread per lane), in place on the evaluated MLX arrays through NumPy views. Optional: without the
-built library (no C compiler at install time) the pure-MLX paths run.
+thread per lane), in place on the evaluated MLX arrays through NumPy views. The SoVITS vocoder
+(models/hifigan.py) runs its convolutions here as direct register-blocked convolutions
+(`native_vconv`, `native_transposed`). Optional: without the built library (no C compiler at
+install time) the pure-MLX paths run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 _NATIVE: dict[str, Any] = {"lib": None, "tried": False, "enabled": True}
-_NATIVE_VERSION = 1
+_NATIVE_VERSION = 2
 
 
 def _native_library_path() -> str | None:
@@ -52,6 +54,10 @@ def _load_native() -> ctypes.CDLL | None:
         "ps_linear": [ptrs, ptrs, longs, longs, ptrs, ptrs, longs, ctypes.c_int, ctypes.c_int],
         "ps_pair_conv": [ptrs, ptrs, longs, longs, ptrs, ptrs, ptrs, longs, ctypes.c_int, longs, ptrs, ptrs,
                          ptrs, ctypes.c_int],
+        "ps_vconv_pack": [ptrs, ptrs, longs, longs, longs],
+        "ps_vconv_level": [ctypes.c_int],
+        "ps_vconv": [ptrs, ptrs, ptrs, ptrs, ptrs, ptrs, longs, longs, longs, longs, longs, longs, longs,
+                     ctypes.c_int, ctypes.c_float, ctypes.c_int, ctypes.c_float, ctypes.c_float, ctypes.c_int],
     }
     try:
         lib = ctypes.CDLL(path)
@@ -297,6 +303,82 @@ def native_grouped_conv(xp: Buffer, weight: Buffer, bias: Buffer, t_out: int, th
     _check(native_kernels().ps_grouped_conv(out_views[0].ctypes.data, x.ctypes.data, t_out, channels, groups,
                                             kernel, w.ctypes.data, b.ctypes.data, threads), "grouped conv")
     return outs[0]
+
+
+def native_vconv_pack(weight: Buffer) -> np.ndarray:
+    """A Conv1d weight [C_out, K, C_in] (MLX layout, C_out a multiple of 16) re-laid out for
+    `native_vconv` (blocks of 32 output channels, or 16: [C_out / NR, K, C_in, NR])."""
+    cout, k, cin = weight.shape
+    w = _input_view(weight, cout * k * cin)
+    packed = np.empty(cout * k * cin, dtype=np.float32)
+    _check(native_kernels().ps_vconv_pack(packed.ctypes.data, w.ctypes.data, cout, k, cin), "conv packing")
+    return packed
+
+
+def native_vconv(out: np.ndarray, x: Buffer, packed: Buffer, bias: Buffer | None, kernel: int, *,
+                 dilation: int = 1, padding: int | None = None, residual: Buffer | None = None,
+                 slope_in: float | None = None, slope_out: float | None = None, total: Buffer | None = None,
+                 scale: float = 1.0, threads: int = 1) -> np.ndarray:
+    """Direct 1-D convolution of x [T, C_in] (channels-last, zero outside its rows, `padding` rows
+    on the left, default dilation * (kernel - 1) // 2: 'same') with `packed` (`native_vconv_pack`)
+    into out [T_out, C_out] (T_out = T for a 'same' convolution): leaky ReLU (slope_in) on the input
+    where given, then + bias + residual, leaky ReLU (slope_out) where given, then (total + result)
+    * scale where `total` is given. out may be `residual` or `total` but must not overlap x. Chunks
+    of rows go to `threads` threads."""
+    t, cin = x.shape[-2], x.shape[-1]
+    out = host_view(out)
+    cout = out.shape[-1]
+    t_out = out.size // cout
+    xv = _input_view(x, t * cin)
+    pv = _input_view(packed, cout * kernel * cin)
+    extra = [None if a is None else _input_view(a, n)
+             for a, n in ((residual, t_out * cout), (total, t_out * cout), (bias, cout))]
+    if xv.size != t * cin or pv.size != cout * kernel * cin or any(
+            a is not None and a.size != n for a, n in zip(extra, (t_out * cout, t_out * cout, cout), strict=True)):
+        raise ValueError(f"native conv: output {out.shape}, input {xv.shape}, {pv.size} weights for kernel "
+                         f"{kernel}, residual / total / bias of {[None if a is None else a.shape for a in extra]}")
+    if np.may_share_memory(out, xv):
+        raise ValueError("native conv: the output must not overlap the input")
+    pad = dilation * (kernel - 1) // 2 if padding is None else padding
+    res_p, total_p, bias_p = (None if a is None else a.ctypes.data for a in extra)
+    status = native_kernels().ps_vconv(out.ctypes.data, xv.ctypes.data, res_p, total_p, pv.ctypes.data, bias_p,
+                                       t, t_out, cin, cout, kernel, dilation, pad, slope_in is not None,
+                                       slope_in or 0.0, slope_out is not None, slope_out or 0.0, scale, threads)
+    _check(status, "conv")
+    return out
+
+
+def native_transposed_pack(weight: Buffer, bias: Buffer | None, stride: int) -> tuple[np.ndarray, np.ndarray | None]:
+    """A ConvTranspose1d weight [C_out, K, C_in] (MLX layout) and bias [C_out] as the weights and bias
+    of the equivalent `native_vconv` on blocks of `stride` output rows (`native_transposed`).
+
+    Output row u = q * stride + r of the full transposed convolution gets x[i] @ tap u - i * stride,
+    so block q = sum over a < G = ceil(K / stride) of x[q - a] @ [tap a * stride + r for each r]:
+    a convolution with G taps (reversed), 'full' padding G - 1 and stride * C_out output channels
+    ordered (r, channel)."""
+    cout, k, cin = weight.shape
+    groups = -(-k // stride)
+    w = np.zeros((cout, groups * stride, cin), dtype=np.float32)
+    w[:, :k] = _input_view(weight, cout * k * cin).reshape(cout, k, cin)
+    w = w.reshape(cout, groups, stride, cin)[:, ::-1].transpose(2, 0, 1, 3)  # [r, co, tap, ci]
+    tiled = None if bias is None else np.tile(_input_view(bias, cout), stride)
+    return native_vconv_pack(np.ascontiguousarray(w.reshape(stride * cout, groups, cin))), tiled
+
+
+def native_transposed(x: Buffer, packed: Buffer, bias: np.ndarray | None, kernel: int, stride: int, padding: int,
+                      out: np.ndarray, slope_in: float | None = None, threads: int = 1) -> np.ndarray:
+    """PyTorch's ConvTranspose1d (stride, padding) of x [T, C_in] with `native_transposed_pack`'s
+    weights, leaky ReLU (slope_in) on the input where given: rows [padding, padding + (T - 1) *
+    stride + kernel - 2 padding) of the full output, a view into `out` (a work buffer of at least
+    (T + ceil(kernel / stride) - 1) * stride * C_out floats; C_out = len(bias) or from the weights)."""
+    t, cin = x.shape[-2], x.shape[-1]
+    groups = -(-kernel // stride)
+    width = packed.size // (groups * cin)  # stride * C_out
+    blocks = t + groups - 1
+    full = native_vconv(out.reshape(-1)[:blocks * width].reshape(blocks, width), x, packed, bias, groups,
+                        padding=groups - 1, slope_in=slope_in, threads=threads)
+    length = (t - 1) * stride + kernel - 2 * padding
+    return full.reshape(blocks * stride, width // stride)[padding:padding + length]
 
 
 class Scratch:

@@ -308,7 +308,7 @@ class Model(nn.Module):
         else:
             z_p = m_p
         z = self.flow.reverse(z_p, ge)
-        return self.dec(z, ge, streams).reshape(-1), latent
+        return self.dec(z, ge, streams, threads=self._parallel.threads).reshape(-1), latent
 
     def _check_inputs(self, codes, phones, speed: float) -> tuple[np.ndarray, np.ndarray]:
         codes = self._ids(codes, self.args.codebook_size, "semantic codes")

@@ -23,7 +23,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..runtime import blas_threads
+from ..runtime import blas_thread_count, blas_threads, usable_cores
 
 FOLD_MAX_CHANNELS = 128
 FOLD_ROWS = 2
@@ -208,17 +208,23 @@ def cpu_streams() -> tuple | None:
 class CpuParallel:
     """On the CPU: two MLX streams for independent work, each running single-threaded BLAS
     (multi-threaded BLAS on the decoder's many small products loses badly, worst on a busy
-    machine). Elsewhere (GPU) it yields None. Evaluate the arrays inside the block."""
+    machine). Elsewhere (GPU) it yields None. Evaluate the arrays inside the block.
+
+    `threads` is what BLAS could use on entering the block (OpenBLAS's load-adapted setting, else
+    the usable cores): the thread count for native kernels run inside it (0 off the CPU)."""
 
     def __init__(self):
         self._streams: tuple | None = None
+        self.threads = 0
 
     @contextlib.contextmanager
     def __call__(self) -> Iterator[tuple | None]:
         if mx.default_device() != mx.cpu:
+            self.threads = 0
             yield None
             return
         if self._streams is None:
             self._streams = cpu_streams()
+        self.threads = max(1, min(16, blas_thread_count() or len(usable_cores())))
         with blas_threads(1):
             yield self._streams
