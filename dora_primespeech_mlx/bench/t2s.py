@@ -149,6 +149,16 @@ class _Upstream:
         self.proc.wait(timeout=60)
 
 
+def _decode_step(model) -> str:
+    """Which decode step ours ran: the native one (with its weight precision) or MLX's."""
+    from ..models.t2s_native import native_decoder
+
+    native = native_decoder(model)
+    if native is None:
+        return "MLX compiled step"
+    return f"native (panel_kernels), {'float16' if native.half else 'float32'} weight panels, float32 arithmetic"
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import mlx.core as mx
 
@@ -198,6 +208,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "codes": len(codes["ours"]),
         "ours": f"mlx {mx.__version__}, {mx.default_device()}, {sides['ours'].model.ar_predict_layer.weight.dtype}, "
                 f"{openblas_status()}",
+        "decode_step": _decode_step(sides["ours"].model),
         "blas_loaded": _loaded_blas(),
         "machine": f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cpus".strip(),
         "load_average_before_after": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
