@@ -19,10 +19,20 @@ REL_TOL = 1e-5
 pytestmark = pytest.mark.skipif(panel_library() is None, reason="native panel kernels not built")
 
 
+@pytest.fixture(params=["auto", "generic"])
+def kernel(request):
+    """The kernel the products use: the machine's best ("auto") or the generic vector one."""
+    lib = panel_library()
+    avx512 = lib.panel_force_generic(request.param == "generic")
+    assert not (avx512 and request.param == "generic")
+    yield request.param
+    lib.panel_force_generic(0)
+
+
 @pytest.mark.parametrize("rows", [1, 5, 12, 13, 52, 100])
 @pytest.mark.parametrize("n,k", [(1025, 64), (96, 512), (32, 7)])
 @pytest.mark.parametrize("half", [True, False], ids=["float16-values", "float32-values"])
-def test_packed_product_matches_numpy(rows, n, k, half):
+def test_packed_product_matches_numpy(rows, n, k, half, kernel):
     rng = np.random.default_rng(rows * 1000 + n + k)
     w = rng.standard_normal((n, k)).astype(np.float32)
     if half:

@@ -93,6 +93,19 @@ def test_native_greedy_past_the_first_buffer(t2s_small):
     assert generate_batch(model, rows, prompt, seeds=[0, 1], **GREEDY, early_stop_num=steps - 1) == ups
 
 
+def test_generic_kernel_decodes_like_upstream(t2s_small):
+    """The generic (non-AVX-512) product kernel, forced on this machine, stays token-exact."""
+    ref, model, _ = t2s_small
+    rows, prompt = oracle.random_rows((26, 19), 15, seed=9)
+    ups = [oracle.run_naive(ref, p, b, prompt, **GREEDY, early_stop_num=79).codes for p, b in rows]
+    lib = panel_library()
+    assert lib.panel_force_generic(1) == 0
+    try:
+        assert generate_batch(model, rows, prompt, seeds=[0, 1], **GREEDY, early_stop_num=79) == ups
+    finally:
+        lib.panel_force_generic(0)
+
+
 def test_mlx_step_still_matches_upstream(t2s_small):
     """With the native step switched off, MLX's compiled step decodes (and stays token-exact)."""
     ref, model, _ = t2s_small

@@ -40,6 +40,7 @@ def _load() -> ctypes.CDLL | None:
             raise OSError(f"version {lib.panel_version()}, expected {_VERSION}: rebuild it")
         lib.t2s_step.argtypes = [p, ctypes.c_float, p, p, p, p, p, p, p]
         lib.t2s_prefill_attention.argtypes = [p, p, p, p, p, p, p]
+        lib.panel_force_generic.argtypes = [ctypes.c_int]
         lib.panel_pack.argtypes = [p, ctypes.c_long, ctypes.c_long, p, ctypes.c_int, ctypes.c_int]
         lib.panel_product.argtypes = [p, ctypes.c_long, ctypes.c_long, p, ctypes.c_int, ctypes.c_long, p, p,
                                       ctypes.c_int]

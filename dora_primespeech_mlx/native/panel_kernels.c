@@ -222,14 +222,23 @@ AVX512 static void product_panels_avx512(const product_t *m, long p0, long p1, i
 }
 #endif
 
+static int use_generic; /* panel_force_generic: tests run the generic kernel on AVX-512 machines */
+
 static int avx512_kernel(void) {
 #if defined(HAVE_AVX512_KERNEL)
     static int known = -1;
     if (known < 0) known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("f16c");
-    return known;
+    return known && !use_generic;
 #else
     return 0;
 #endif
+}
+
+/* 1: products use the generic vector kernel (6-row passes) even where AVX-512 is available; 0: auto.
+ * Returns whether the AVX-512 kernel is in use afterwards. */
+int panel_force_generic(int generic) {
+    use_generic = generic != 0;
+    return avx512_kernel();
 }
 
 /* Panels p0..p1 of a product, the rows in passes of at most 12 (AVX-512: 24 accumulators of the 32
