@@ -13,8 +13,7 @@ ORACLE_DEPS := einops tqdm packaging torchmetrics wordsegment tokenizers cn2an g
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile dora_primespeech_mlx/native/gemv_forward.c dora_primespeech_mlx/native/encoder_kernels.c \
-		dora_primespeech_mlx/native/panel_kernels.c
+$(STAMP): pyproject.toml setup.py Makefile $(wildcard dora_primespeech_mlx/native/*.c dora_primespeech_mlx/native/*.h)
 	@bash .ci/system-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip

@@ -23,18 +23,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common.h"
+
 #define W 16
 enum { MAX_JOBS = 16 }; /* buffers (threads) per call */
 typedef float vf __attribute__((vector_size(W * sizeof(float))));
 typedef int vi __attribute__((vector_size(W * sizeof(int))));
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-
-#define INLINE static inline __attribute__((always_inline))
 
 INLINE vf vload(const float *p) {
     vf v;
@@ -409,12 +403,6 @@ static struct {
     long first_seen[MAX_JOBS];
 } team = {.lock = PTHREAD_MUTEX_INITIALIZER, .dispatch = PTHREAD_MUTEX_INITIALIZER,
           .wake = PTHREAD_COND_INITIALIZER};
-
-INLINE void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
 
 static void *team_worker(void *arg) {
     int index = (int)(intptr_t)arg;

@@ -13,16 +13,12 @@
  * computed here instead, reading each weight row once for all rows of A, the weight rows split
  * between this thread and one persistent helper thread when OpenBLAS may use two threads.
  */
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
+#include "common.h"
+#include "helper_thread.h"
 
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112, SKINNY_MAX_M = 16, SKINNY_MIN_N = 64 };
 
@@ -128,65 +124,20 @@ CLONES static void skinny_rows(const skinny_job *job) {
     }
 }
 
-/* One helper thread, started on first use; a call that finds it busy (another MLX stream) runs alone. */
-static pthread_mutex_t team_busy = PTHREAD_MUTEX_INITIALIZER;
-static pthread_mutex_t team_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t team_go = PTHREAD_COND_INITIALIZER, team_done = PTHREAD_COND_INITIALIZER;
-static skinny_job team_job;
-static int team_pending, team_started, team_failed;
-
-static void *team_worker(void *unused) {
-    (void)unused;
-    pthread_mutex_lock(&team_lock);
-    for (;;) {
-        while (!team_pending) pthread_cond_wait(&team_go, &team_lock);
-        pthread_mutex_unlock(&team_lock);
-        skinny_rows(&team_job);
-        pthread_mutex_lock(&team_lock);
-        team_pending = 0;
-        pthread_cond_signal(&team_done);
-    }
-    return NULL;
-}
-
-static int team_ready(void) {
-    if (team_started) return 1;
-    if (team_failed) return 0;
-    pthread_t thread;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&thread, &attr, team_worker, NULL) != 0) team_failed = 1;
-    else team_started = 1;
-    pthread_attr_destroy(&attr);
-    return team_started;
+/* job(arg, tid, threads): this thread's share of the weight rows. */
+static void skinny_part(void *arg, int tid, int threads) {
+    skinny_job part = *(const skinny_job *)arg; /* the whole product, weight rows 0..n1 */
+    long from, to;
+    share(part.n1, tid, threads, &from, &to);
+    part.n0 = (int)from;
+    part.n1 = (int)to;
+    skinny_rows(&part);
 }
 
 static void skinny(int m, int n, int k, float alpha, const float *a, int lda, const float *b, int ldb,
                    float beta, float *c, int ldc) {
     skinny_job whole = {m, 0, n, k, lda, ldb, ldc, alpha, beta, a, b, c};
-    int two = openblas_threads != NULL && openblas_threads() > 1 && pthread_mutex_trylock(&team_busy) == 0;
-    if (two && !team_ready()) {
-        pthread_mutex_unlock(&team_busy);
-        two = 0;
-    }
-    if (!two) {
-        skinny_rows(&whole);
-        return;
-    }
-    skinny_job mine = whole;
-    mine.n1 = n / 2;
-    pthread_mutex_lock(&team_lock);
-    team_job = whole;
-    team_job.n0 = n / 2;
-    team_pending = 1;
-    pthread_cond_signal(&team_go);
-    pthread_mutex_unlock(&team_lock);
-    skinny_rows(&mine);
-    pthread_mutex_lock(&team_lock);
-    while (team_pending) pthread_cond_wait(&team_done, &team_lock);
-    pthread_mutex_unlock(&team_lock);
-    pthread_mutex_unlock(&team_busy);
+    run_job(skinny_part, &whole, openblas_threads != NULL && openblas_threads() > 1 ? 2 : 1);
 }
 
 static void zero_strided(float *y, int n, int inc) {

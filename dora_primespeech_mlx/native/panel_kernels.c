@@ -17,21 +17,17 @@
  *   weights: panels of 32 output features, [ceil(n / 32)][k][32] (float16 or float32), zero-padded;
  *   keys:    per layer [cache rows][heads][capacity / 16][head_dim][16] (16 positions per vector);
  *   values:  per layer [cache rows][heads][capacity][head_dim].
- * t2s_step and panel_product return 0, or -2 for arguments they do not take.
+ * The exported functions return 0, or -2 for arguments they do not take (panel_pack: 1 when asked
+ * for float16 panels of values that are not all float16).
  */
 #include <math.h>
-#include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define CLONES
-#endif
-#define INLINE static inline __attribute__((always_inline))
+#include "common.h"
+#include "helper_thread.h"
 
 enum { AHEAD = 64, LANES = 16, PANEL = 32, MAX_GROUP = 12, MAX_HEAD_DIM = 128, MAX_ROWS = 64, SPINS = 20000 };
 enum { P_QKV_W, P_QKV_B, P_OUT_W, P_OUT_B, P_FF1_W, P_FF1_B, P_FF2_W, P_FF2_B, P_LN1_W, P_LN1_B, P_LN2_W,
@@ -354,9 +350,9 @@ INLINE void attend_new(const int hd, const attention_t *t, int row, int head) {
                  t->context + (long)row * t->dims + (long)head * hd);
 }
 
-/* Prefill of row `row` (cache row `row`; positions 0..offset-1, left-padded by valid_from[row], text positions below
- * n_text): every key/value into the caches, then text queries over the row's text and audio
- * queries over its text and the audio up to themselves; padded queries get zeros. */
+/* Prefill of row `row` (cache row `row`; positions 0..offset-1, left-padded by valid_from[row],
+ * text positions below n_text): every key/value into the caches, then text queries over the row's
+ * text and audio queries over its text and the audio up to themselves; padded queries get zeros. */
 INLINE void attend_prefill(const int hd, const attention_t *t, int row, int head, long n_text) {
     float *kt, *vv, qs[MAX_HEAD_DIM];
     head_caches(t, row, head, hd, &kt, &vv);
@@ -410,35 +406,24 @@ typedef struct {
     const int *cache_rows, *valid_from;
     float *x, *logits;        /* [rows][dims] in (embedded new code) and out (last hidden); [rows][vocab] */
     float *qkv, *context, *hidden, *ffn_buf, *scores; /* scratch; scores [threads][capacity] */
+    atomic_int arrived, phase; /* the step's barrier: threads arrived, and its flips so far (mod 2) */
 } step_t;
 
-static atomic_int barrier_count, barrier_phase;
-static int thread_phase[2]; /* each thread's side of the barrier; both flip at every barrier */
-
-INLINE void cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#endif
-}
-
-static void barrier(int threads, int *phase) {
+/* Waits until every thread of the step has arrived; `phase` is this thread's count of barriers
+ * passed (mod 2), which the last thread to arrive publishes. */
+static void barrier(step_t *s, int threads, int *phase) {
     if (threads == 1) return;
     const int next = !*phase;
     *phase = next;
-    if (atomic_fetch_add(&barrier_count, 1) == threads - 1) {
-        atomic_store(&barrier_count, 0);
-        atomic_store(&barrier_phase, next);
+    if (atomic_fetch_add(&s->arrived, 1) == threads - 1) {
+        atomic_store(&s->arrived, 0);
+        atomic_store(&s->phase, next);
         return;
     }
-    for (int spin = 0; atomic_load(&barrier_phase) != next; spin++) {
+    for (int spin = 0; atomic_load(&s->phase) != next; spin++) {
         if (spin < SPINS) cpu_relax();
         else sched_yield();
     }
-}
-
-static void share(long n, int tid, int threads, long *from, long *to) {
-    *from = n * tid / threads;
-    *to = n * (tid + 1) / threads;
 }
 
 static void run_product(const product_t *m, int tid, int threads) {
@@ -447,14 +432,15 @@ static void run_product(const product_t *m, int tid, int threads) {
     product_panels(m, p0, p1);
 }
 
-static void step_body(const step_t *s, int tid, int threads, int *phase) {
+static void step_body(step_t *s, int tid, int threads) {
     const long d = s->dims;
     long r0, r1;
+    int phase = 0;
     for (int layer = 0; layer < s->layers; layer++) {
         void *const *p = s->params + (long)layer * PARAMS_PER_LAYER;
         product_t qkv = {s->x, p[P_QKV_W], s->half, s->rows, d, 3 * d, p[P_QKV_B], NULL, 0, s->qkv, 3 * d};
         run_product(&qkv, tid, threads);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
         attention_t att = {s->qkv, s->caches[2 * layer], s->caches[2 * layer + 1], s->context,
                            s->cache_rows, s->valid_from, s->heads, (int)(d / s->heads), (int)d,
                            s->capacity, s->offset, 1.0f / sqrtf((float)(d / s->heads)),
@@ -462,100 +448,26 @@ static void step_body(const step_t *s, int tid, int threads, int *phase) {
         long t0, t1;
         share((long)s->rows * s->heads, tid, threads, &t0, &t1);
         for (long task = t0; task < t1; task++) attend(&att, (int)(task / s->heads), (int)(task % s->heads), -1);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
         product_t out = {s->context, p[P_OUT_W], s->half, s->rows, d, d, p[P_OUT_B], s->x, 0, s->hidden, d};
         run_product(&out, tid, threads);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
         share(s->rows, tid, threads, &r0, &r1);
         for (long r = r0; r < r1; r++) layer_norm(s->hidden + r * d, d, p[P_LN1_W], p[P_LN1_B], s->eps);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
         product_t ff1 = {s->hidden, p[P_FF1_W], s->half, s->rows, d, s->ffn, p[P_FF1_B], NULL, 1, s->ffn_buf,
                          s->ffn};
         run_product(&ff1, tid, threads);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
         product_t ff2 = {s->ffn_buf, p[P_FF2_W], s->half, s->rows, s->ffn, d, p[P_FF2_B], s->hidden, 0, s->x, d};
         run_product(&ff2, tid, threads);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
         for (long r = r0; r < r1; r++) layer_norm(s->x + r * d, d, p[P_LN2_W], p[P_LN2_B], s->eps);
-        barrier(threads, phase);
+        barrier(s, threads, &phase);
     }
     product_t logits = {s->x, s->params[(long)s->layers * PARAMS_PER_LAYER], s->half, s->rows, d, s->vocab,
                         NULL, NULL, 0, s->logits, s->vocab};
     run_product(&logits, tid, threads);
-}
-
-/* The helper thread: started on first use, sleeps between calls; it runs the other half of a job
- * (job(arg, 1, 2) while the caller runs job(arg, 0, 2)). A call that finds it busy (another thread
- * using this library at the same time) runs alone. */
-typedef void (*job_fn)(void *arg, int tid, int threads);
-static pthread_mutex_t helper_busy = PTHREAD_MUTEX_INITIALIZER, helper_lock = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t helper_go = PTHREAD_COND_INITIALIZER, helper_done = PTHREAD_COND_INITIALIZER;
-static job_fn helper_job;
-static void *helper_arg;
-static int helper_pending, helper_started, helper_failed;
-
-static void *helper_main(void *unused) {
-    (void)unused;
-    pthread_mutex_lock(&helper_lock);
-    for (;;) {
-        while (!helper_pending) pthread_cond_wait(&helper_go, &helper_lock);
-        pthread_mutex_unlock(&helper_lock);
-        helper_job(helper_arg, 1, 2);
-        pthread_mutex_lock(&helper_lock);
-        helper_pending = 0;
-        pthread_cond_signal(&helper_done);
-    }
-    return NULL;
-}
-
-/* A forked child has no helper thread (and maybe a held lock): it starts afresh. */
-static void helper_after_fork(void) {
-    pthread_mutex_init(&helper_busy, NULL);
-    pthread_mutex_init(&helper_lock, NULL);
-    pthread_cond_init(&helper_go, NULL);
-    pthread_cond_init(&helper_done, NULL);
-    helper_pending = helper_started = helper_failed = 0;
-    atomic_store(&barrier_count, 0);
-    atomic_store(&barrier_phase, 0);
-    thread_phase[0] = thread_phase[1] = 0;
-}
-
-__attribute__((constructor)) static void helper_init(void) { pthread_atfork(NULL, NULL, helper_after_fork); }
-
-static int helper_ready(void) {
-    if (helper_started) return 1;
-    if (helper_failed) return 0;
-    pthread_t thread;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&thread, &attr, helper_main, NULL) != 0) helper_failed = 1;
-    else helper_started = 1;
-    pthread_attr_destroy(&attr);
-    return helper_started;
-}
-
-static void run_job(job_fn job, void *arg, int threads) {
-    int two = threads > 1 && pthread_mutex_trylock(&helper_busy) == 0;
-    if (two && !helper_ready()) {
-        pthread_mutex_unlock(&helper_busy);
-        two = 0;
-    }
-    if (!two) {
-        job(arg, 0, 1);
-        return;
-    }
-    pthread_mutex_lock(&helper_lock);
-    helper_job = job;
-    helper_arg = arg;
-    helper_pending = 1;
-    pthread_cond_signal(&helper_go);
-    pthread_mutex_unlock(&helper_lock);
-    job(arg, 0, 2);
-    pthread_mutex_lock(&helper_lock);
-    while (helper_pending) pthread_cond_wait(&helper_done, &helper_lock);
-    pthread_mutex_unlock(&helper_lock);
-    pthread_mutex_unlock(&helper_busy);
 }
 
 typedef struct {
@@ -608,9 +520,7 @@ int panel_pack(const float *w, long n, long k, void *dst, int half, int threads)
     return atomic_load(&t.inexact) ? 1 : 0;
 }
 
-static void step_job(void *arg, int tid, int threads) {
-    step_body((const step_t *)arg, tid, threads, &thread_phase[tid]);
-}
+static void step_job(void *arg, int tid, int threads) { step_body((step_t *)arg, tid, threads); }
 
 static void product_job(void *arg, int tid, int threads) { run_product((const product_t *)arg, tid, threads); }
 
@@ -630,15 +540,20 @@ static void prefill_job(void *arg, int tid, int threads) {
 
 int panel_version(void) { return 4; }
 
+/* Whether attention takes `heads` heads of a `dims`-wide model over caches of `capacity` positions. */
+static int heads_supported(long dims, long heads, long capacity) {
+    return heads >= 1 && dims % heads == 0 && (dims / heads) % LANES == 0 && dims / heads <= MAX_HEAD_DIM &&
+           capacity % LANES == 0;
+}
+
 /* dims: layers, model dims, heads, ffn dims, vocab, half (0/1), rows, capacity, offset, threads.
  * x [rows][dims] holds the embedded new codes and receives the last hidden state; logits [rows][vocab]. */
 int t2s_step(const long *dims, float eps, void *const *params, float *const *caches, const int *cache_rows,
              const int *valid_from, float *x, float *logits, float *const *scratch) {
     step_t s = {(int)dims[0], (int)dims[1], (int)dims[2], (int)dims[3], (int)dims[4], (int)dims[5],
                 (int)dims[6], dims[7], dims[8], eps, params, caches, cache_rows, valid_from,
-                x, logits, scratch[0], scratch[1], scratch[2], scratch[3], scratch[4]};
-    if (s.layers < 1 || s.heads < 1 || s.dims % s.heads || (s.dims / s.heads) % LANES ||
-        s.dims / s.heads > MAX_HEAD_DIM || s.rows < 1 || s.rows > MAX_ROWS || s.capacity % LANES ||
+                x, logits, scratch[0], scratch[1], scratch[2], scratch[3], scratch[4], 0, 0};
+    if (s.layers < 1 || !heads_supported(s.dims, s.heads, s.capacity) || s.rows < 1 || s.rows > MAX_ROWS ||
         s.offset < 0 || s.offset >= s.capacity)
         return -2;
     for (int r = 0; r < s.rows; r++)
@@ -654,8 +569,8 @@ int t2s_step(const long *dims, float eps, void *const *params, float *const *cac
 int t2s_prefill_attention(const long *dims, const float *qkv, float *keys, float *values, const int *valid_from,
                           float *context, float *scores) {
     const long rows = dims[0], length = dims[1], d = dims[2], heads = dims[3], capacity = dims[4];
-    if (rows < 1 || length < 1 || heads < 1 || d % heads || (d / heads) % LANES || d / heads > MAX_HEAD_DIM ||
-        capacity % LANES || length > capacity || dims[5] < 1 || dims[5] > length)
+    if (rows < 1 || length < 1 || !heads_supported(d, heads, capacity) || length > capacity || dims[5] < 1 ||
+        dims[5] > length)
         return -2;
     for (long r = 0; r < rows; r++)
         if (valid_from && (valid_from[r] < 0 || valid_from[r] >= dims[5])) return -2;
