@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import PrimeSpeechError
+from .native import library_path
 
 logger = logging.getLogger(__name__)
 
@@ -203,16 +204,10 @@ def preload_openblas() -> str | None:
     return None
 
 
-def _gemv_forward_library() -> str | None:
-    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "native")
-    found = sorted(glob.glob(os.path.join(folder, "_gemv_forward*.so")))
-    return found[0] if found else None
-
-
 def _load_gemv_forward(openblas: ctypes.CDLL) -> None:
     """Load native/gemv_forward.c's library globally and bind it to `openblas`. Skipped when it was
     not built (no C compiler at install time) or does not load: then sgemm serves every product."""
-    path = _gemv_forward_library()
+    path = library_path("_gemv_forward")
     if path is None:
         return
     try:

@@ -56,7 +56,9 @@ def _forced(model, rows, prompt, codes_per_row, *, native=True, mlx_prefill=Fals
     positions = model.ar_audio_position.positions(x.shape[1] - n_text, steps)
     if mlx_prefill:
         logits, cache = _prefill(model, x, batch_prefill_mask(pads, n_text, x.shape[1] - n_text))
-        stepper = t2s.Stepper(model, cache, positions, pads)
+        decoder = t2s_native.native_decoder(model)
+        stepper = (t2s.Stepper(model, positions, session=decoder.session(cache, pads)) if decoder
+                   else t2s.Stepper(model, positions, cache=cache, valid_from=pads))
     else:
         logits, stepper = t2s.start_decoding(model, x, n_text, positions, pads)
     assert stepper.native == native

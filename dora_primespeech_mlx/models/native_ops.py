@@ -24,20 +24,16 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
+from ..native import library_path
+
 logger = logging.getLogger(__name__)
 
 _NATIVE: dict[str, Any] = {"lib": None, "tried": False, "enabled": True}
 _NATIVE_VERSION = 2
 
 
-def _native_library_path() -> str | None:
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
-    found = sorted(glob.glob(os.path.join(folder, "_encoder_kernels*.so")))
-    return found[0] if found else None
-
-
 def _load_native() -> ctypes.CDLL | None:
-    path = _native_library_path()
+    path = library_path("_encoder_kernels")
     if path is None:
         logger.info("native encoder kernels not built (pip install -e . with a C compiler): pure-MLX paths")
         return None

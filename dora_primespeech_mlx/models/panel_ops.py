@@ -10,14 +10,13 @@ without the built library, or off the CPU, `panel_library()` is None and the cal
 from __future__ import annotations
 
 import ctypes
-import glob
 import logging
-import os
 
 import mlx.core as mx
 import numpy as np
 
 from ..errors import PrimeSpeechError
+from ..native import library_path
 from ..runtime import usable_cores
 
 logger = logging.getLogger(__name__)
@@ -28,14 +27,13 @@ _STATE: dict = {"lib": None, "tried": False, "enabled": True}
 
 
 def _load() -> ctypes.CDLL | None:
-    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "native")
-    found = sorted(glob.glob(os.path.join(folder, "_panel_kernels*.so")))
-    if not found:
+    path = library_path("_panel_kernels")
+    if path is None:
         logger.info("native panel kernels not built (pip install -e . with a C compiler): MLX/BLAS paths")
         return None
     p = ctypes.c_void_p
     try:
-        lib = ctypes.CDLL(found[0])
+        lib = ctypes.CDLL(path)
         if lib.panel_version() != _VERSION:
             raise OSError(f"version {lib.panel_version()}, expected {_VERSION}: rebuild it")
         lib.t2s_step.argtypes = [p, ctypes.c_float, p, p, p, p, p, p, p]

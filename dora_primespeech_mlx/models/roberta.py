@@ -220,12 +220,18 @@ class Layer(nn.Module):
         sa, out, ffn_out = self.attention.self, self.attention.output, self.output
         linears = (sa.query, sa.key, sa.value, out.dense, self.intermediate.dense, ffn_out.dense)
         packed = self._packed(linears)
-        if packed is not None:  # weights packed once: no per-call packing as in BLAS's sgemm
-            q, k, v, o, inter, fo = (lambda t, p=p: p(t, threads) for p in packed)
-        else:
-            q, k, v, o, inter, fo = (lambda t, lin=lin: native_linear(t, lin.weight, lin.bias, threads=threads)
-                                     for lin in linears)
-        q, k, v = q(x), k(x), v(x)
+
+        def product(i: int, t: np.ndarray, gelu: bool = False) -> np.ndarray:
+            """linears[i](t), GELU after it where asked: on the packed weights where there are some (no
+            per-call packing as in BLAS's sgemm), else through BLAS."""
+            if packed is None:
+                return native_linear(t, linears[i].weight, linears[i].bias, gelu=gelu, threads=threads)
+            y = packed[i](t, threads)
+            if gelu:
+                native_gelu_([y])
+            return y
+
+        q, k, v = (product(i, x) for i in range(3))
         context = np.empty_like(q)
         start = 0
         for length in lengths or [x.shape[0]]:
@@ -234,15 +240,9 @@ class Layer(nn.Module):
             native_attention(*([a[r0:r1] for r0, r1 in pieces] for a in (q, k, v)), sa.num_heads, sa.scale,
                              outs=[context[r0:r1] for r0, r1 in pieces])
             start += length
-        a = o(context)
+        a = product(3, context)
         native_add_layer_norm_([a], [x], [a], out.LayerNorm.weight, out.LayerNorm.bias, out.LayerNorm.eps)
-        if packed is not None:
-            h = inter(a)
-            native_gelu_([h])
-        else:
-            h = native_linear(a, self.intermediate.dense.weight, self.intermediate.dense.bias, gelu=True,
-                              threads=threads)
-        y = fo(h)
+        y = product(5, product(4, a, gelu=True))
         norm = ffn_out.LayerNorm
         native_add_layer_norm_([y], [a], [y], norm.weight, norm.bias, norm.eps)
         return y

@@ -477,25 +477,18 @@ def decode_into_cache(decode: Callable, cache: list[KVCache], tokens: mx.array, 
 
 
 class Stepper:
-    """Decode steps for the rows of a prefilled cache: the native step (`t2s_native`) where it is
-    available, else MLX's compiled `decode_step`. `stepper(tokens, idx)` -> logits [rows, vocab] of
-    the codes after `tokens` [rows], the codes of decode step `idx`; `keep(positions)` narrows the
-    rows. The stepper owns `cache` from now on."""
+    """Decode steps for the rows of a prefill: the native step of a `t2s_native.DecodeSession`, or
+    MLX's compiled `decode_step` on an MLX prefill's `cache` (left padding `valid_from`).
+    `stepper(tokens, idx)` -> logits [rows, vocab] of the codes after `tokens` [rows], the codes of
+    decode step `idx`; `keep(positions)` narrows the rows. The stepper owns the cache or session."""
 
-    def __init__(self, model: Model, cache: list[KVCache] | None, positions: mx.array,
+    def __init__(self, model: Model, positions: mx.array, *, cache: list[KVCache] | None = None,
                  valid_from: Sequence[int] | None = None, session=None):
-        """`cache` of an MLX prefill (taken over by the native step where available), or `session`, a
-        `t2s_native.DecodeSession` the native prefill filled."""
-        from .t2s_native import native_decoder
-
-        padded = valid_from is not None and any(valid_from)
-        if session is None:
-            native = native_decoder(model)
-            session = native.session(cache, valid_from if padded else None) if native else None
         self.session = session
-        if self.session is not None:
+        if session is not None:
             self.positions = np.array(positions, dtype=np.float32)
             return
+        padded = valid_from is not None and any(valid_from)
         self.cache, self.positions, self.windows = cache, positions, {}
         self.decode = model.compiled_decode_step()
         self.valid_from = mx.array(np.asarray(valid_from, dtype=np.int32)[:, None]) if padded else None
@@ -533,7 +526,7 @@ def start_decoding(model: Model, x: mx.array, n_text: int, positions: mx.array, 
     native = native_decoder(model)
     if native is not None:
         logits, session = native.prefill(model, x, n_text, pads)
-        return logits, Stepper(model, None, positions, pads, session=session)
+        return logits, Stepper(model, positions, session=session)
     if mlx_prefill is None:
         def mlx_prefill(x, mask):
             cache = model.make_cache()
@@ -541,7 +534,7 @@ def start_decoding(model: Model, x: mx.array, n_text: int, positions: mx.array, 
     n_audio = x.shape[1] - n_text
     mask = batch_prefill_mask(pads, n_text, n_audio) if pads is not None else prefill_mask(n_text, n_audio)
     logits, cache = mlx_prefill(x, mask)
-    return logits, Stepper(model, cache, positions, pads)
+    return logits, Stepper(model, positions, cache=cache, valid_from=pads)
 
 
 def stream_generate(model: Model, phones, bert, prompt=None, *, top_k: int | None = 15,

@@ -1,4 +1,4 @@
-"""T2S decode steps in one native call (native/t2s_decoder.c), for the CPU.
+"""T2S decode steps in one native call (native/panel_kernels.c, through `panel_ops`), for the CPU.
 
 A decode step is memory-bound: every weight and every cached key/value is read once per step. MLX's
 CPU path reads the weights in float32 through one BLAS call per product and attends with one small
@@ -7,10 +7,10 @@ values are exactly float16 (upstream's checkpoints are stored in half precision;
 rounded), streams each row's cache once, and computes in float32. Rows are independent: a row gets
 bit-identical logits whatever else is in the batch.
 
-`NativeDecoder(model)` packs a model's weights once (cached on the model); `decoder.session(cache,
-valid_from)` takes over the caches a prefill filled and then runs `step(tokens, position)` and
-`keep(rows)`. Optional: without the built library, or off the CPU, `native_decoder(model)` is None and
-callers use `Model.compiled_decode_step`.
+`native_decoder(model)` packs a model's weights once (kept on the model); `decoder.prefill(...)` fills a
+`DecodeSession` (or `decoder.session(cache, valid_from)` takes over the caches of an MLX prefill), which
+then runs `step(tokens, position)` and `keep(rows)`. Optional: without the built library, or off the
+CPU, `native_decoder(model)` is None and callers use `Model.compiled_decode_step`.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ def _array_of(values: Sequence[int]) -> ctypes.Array:
     return (ctypes.c_void_p * len(values))(*values)
 
 
+def _threads() -> int:
+    """Two threads (the caller and the library's helper) where BLAS may use two, else one."""
+    return 2 if (blas_thread_count() or 1) > 1 else 1
+
+
 class NativeDecoder:
     """A T2S model's weights packed for the native step (float16 panels when that is exact)."""
 
@@ -60,7 +65,7 @@ class NativeDecoder:
         self.ffn = model.layers[0].linear1.weight.shape[0]
         self.vocab = args.vocab_size
         self.eps = float(model.layers[0].norm1.eps)
-        f32 = lambda a: np.array(np.array(a, dtype=np.float32), copy=True)  # noqa: E731
+        f32 = lambda a: np.array(a, dtype=np.float32)  # noqa: E731  (a copy: nothing aliases MLX's buffers)
         layers = model.layers
         matrices = [m for layer in layers for m in (layer.self_attn.in_proj_weight, layer.self_attn.out_proj.weight,
                                                      layer.linear1.weight, layer.linear2.weight)]
@@ -91,7 +96,6 @@ class NativeDecoder:
         pointers.append(_pointer(panels[-1]))
         self.params = _array_of(pointers)
         self.embedding = f32(model.ar_audio_embedding.word_embeddings.weight)
-        self.position_table = model.ar_audio_position
 
     def take_buffers(self, count: int, size: int) -> list[np.ndarray]:
         """`count` float32 buffers of at least `size` values: the spare ones when they are large enough."""
@@ -118,8 +122,7 @@ class NativeDecoder:
         writing the keys and values straight into the session's layout."""
         rows, length, dims = x.shape
         session = DecodeSession(self, rows, length, pads if pads is not None and any(pads) else None)
-        threads = 2 if (blas_thread_count() or 1) > 1 else 1
-        shape = (ctypes.c_long * 7)(rows, length, dims, self.heads, session.capacity, n_text, threads)
+        shape = (ctypes.c_long * 7)(rows, length, dims, self.heads, session.capacity, n_text, _threads())
         scores = np.empty((2, session.capacity), np.float32)
         valid = None if session.valid_from is None else session.valid_from.ctypes.data
         for i, layer in enumerate(model.layers):
@@ -147,9 +150,8 @@ class DecodeSession:
             raise PrimeSpeechError(f"the native T2S decode step takes 1 to {MAX_ROWS} rows, got {rows}")
         self.decoder = decoder
         self.offset = length
-        self.head_dim = decoder.dims // decoder.heads
         self.capacity = -(-(length + GROW) // LANES) * LANES
-        blocks, h, dh = self.capacity // LANES, decoder.heads, self.head_dim
+        blocks, h, dh = self.capacity // LANES, decoder.heads, decoder.dims // decoder.heads
         size = rows * h * self.capacity * dh
         # Positions no prefill or step has written are never attended to, so the buffers need no
         # clearing: they are the decoder's spare ones where those are large enough (fresh memory
@@ -232,9 +234,8 @@ class DecodeSession:
             self._grow()
         x = np.ascontiguousarray(d.embedding[tokens] + np.asarray(position, np.float32).reshape(1, -1))
         logits = np.empty((rows, d.vocab), np.float32)
-        threads = 2 if (blas_thread_count() or 1) > 1 else 1
         dims = (ctypes.c_long * 10)(d.layers, d.dims, d.heads, d.ffn, d.vocab, int(d.half), rows,
-                                    self.capacity, self.offset, threads)
+                                    self.capacity, self.offset, _threads())
         valid = None if self.valid_from is None else self.valid_from.ctypes.data
         status = d.lib.t2s_step(dims, d.eps, d.params, self._cache_pointers, self.rows.ctypes.data, valid,
                                 x.ctypes.data, logits.ctypes.data, self._scratch(rows))
