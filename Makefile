@@ -1,39 +1,50 @@
-# make test : set up .venv (package + test extras + the upstream oracle), ruff, pytest
 # make run  : speak text through a Dora dataflow into out/<name>.wav (VOICE=..., TEXT=..., NAME=...)
+# make test : set up .venv with the dev tools (the upstream PyTorch oracle), ruff, pytest
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
-STAMP := $(VENV)/.installed
+# the runtime (what `make run` needs for a real voice) and the dev tools on top of it
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
+SOURCES := pyproject.toml setup.py Makefile $(wildcard dora_primespeech_mlx/native/*.c dora_primespeech_mlx/native/*.h)
 ORACLE_DEPS := einops tqdm packaging torchmetrics wordsegment tokenizers cn2an g2p_en nltk inflect \
                jieba_fast pypinyin
 
-.PHONY: test lint run setup clean
+.PHONY: test lint run setup setup-run clean
 
-setup: $(STAMP)
+setup: $(DEV_STAMP)
+setup-run: $(RUN_STAMP)
 
-$(STAMP): pyproject.toml setup.py Makefile $(wildcard dora_primespeech_mlx/native/*.c dora_primespeech_mlx/native/*.h)
+$(RUN_STAMP): $(SOURCES)
 	@bash .ci/system-deps.sh
+	@test -x $(PY) || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and \
+		"Python >= 3.11 is needed (dora-rs 1.1 needs it): make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e ".[dataflow,download]"
+	touch $@
+
+$(DEV_STAMP): $(RUN_STAMP)
 	# torch first, pinned to the CPU build, so nothing pulls a CUDA build (oracle only, never at run time)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps gpt-sovits-cpufast==0.1.0
 	$(PIP) install -q $(ORACLE_DEPS)
-	touch $(STAMP)
+	touch $@
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	# one BLAS thread: the suite runs torch and MLX side by side in one process
 	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
 
 # VOICE, TEXT, TEXT_FILE and NAME given on the command line reach scripts/run.py through the environment.
-run: $(STAMP)
+# Only the random-weight test voice needs the dev tools (torch writes its official-format files).
+run: $(if $(filter test,$(VOICE)),$(DEV_STAMP),$(RUN_STAMP))
 	@$(PY) scripts/run.py
 
 clean:

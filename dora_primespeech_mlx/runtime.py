@@ -42,6 +42,38 @@ def _openblas_candidates() -> list[str]:
     return found
 
 
+# OpenBLAS cores whose kernels need AVX-512: a build made for one of them alone (no DYNAMIC_ARCH, as
+# cmeel-openblas 0.3.31 is) dies with SIGILL on a CPU without it (seen on an AMD EPYC with AVX2).
+_AVX512_CORES = ("SKYLAKEX", "COOPERLAKE", "SAPPHIRERAPIDS")
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _unusable_reason(openblas: ctypes.CDLL) -> str | None:
+    """Why this OpenBLAS cannot run on this CPU (its build names one AVX-512 core and the CPU lacks
+    AVX-512), or None."""
+    try:
+        get_config = openblas.openblas_get_config
+    except AttributeError:
+        return None
+    get_config.restype = ctypes.c_char_p
+    config = (get_config() or b"").decode(errors="replace").split()
+    if "DYNAMIC_ARCH" in config or not set(config) & set(_AVX512_CORES):
+        return None
+    if "avx512f" in _cpu_flags():
+        return None
+    return f"built for {' '.join(c for c in config if c in _AVX512_CORES)} only and this CPU has no AVX-512"
+
+
 def _cpu_times(cores: set[int]) -> tuple[int, int] | None:
     """(idle, total) jiffies summed over `cores` from /proc/stat, or None where it cannot be read."""
     try:
@@ -191,6 +223,10 @@ def preload_openblas() -> str | None:
         except OSError as exc:
             errors.append(str(exc))
             continue
+        unusable = _unusable_reason(openblas)
+        if unusable:
+            errors.append(f"{path}: {unusable} (apt-get install libopenblas0-pthread)")
+            continue
         # the forwarder must enter the global scope before OpenBLAS for its cblas_sgemm to win
         _load_gemv_forward(openblas)
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -198,7 +234,8 @@ def preload_openblas() -> str | None:
         return path
     if errors:
         # cmeel-openblas needs the system's libgfortran.so.5 (Debian/Ubuntu: apt-get install libgfortran5).
-        _OPENBLAS_STATE["why"] = f"OpenBLAS failed to load: {errors[-1]} (apt-get install libgfortran5)"
+        _OPENBLAS_STATE["why"] = "no usable OpenBLAS: " + "; ".join(
+            e if "libopenblas0-pthread" in e else f"{e} (apt-get install libgfortran5)" for e in errors)
     else:
         _OPENBLAS_STATE["why"] = "no libopenblas found (pip install cmeel-openblas)"
     return None

@@ -4,12 +4,14 @@
     make run VOICE="Luo Xiang" TEXT="..."    # any installed voice; NAME=x writes out/x.wav
     make run VOICE=test                      # a voice with random weights generated here: it speaks noise
 
-Without the voice's files it stops with one message saying how to download them.
+A voice that is not installed is downloaded first (with progress); offline, it stops at once with one
+message saying how to download it later or to try the random-weight test voice.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -20,26 +22,37 @@ ROOT = Path(__file__).resolve().parents[1]
 TEST_VOICE_DIR = ROOT / "out" / "test-voice"
 
 
-def voice_problem(voice: str, env: dict[str, str]) -> str | None:
-    """Why `voice` cannot be spoken with the installed files, or None."""
+def voice_files(voice: str, env: dict[str, str]):
+    """(registry, the voice's canonical name, its missing files) for the configuration in `env`."""
     from dora_primespeech_mlx.config import NodeConfig
-    from dora_primespeech_mlx.errors import PrimeSpeechError
     from dora_primespeech_mlx.voices import VoiceRegistry
 
     config, _ = NodeConfig.from_env(env)
+    registry = VoiceRegistry(config.model_dir, config.voices_file)
+    return registry, registry.get(voice).name, registry.missing_files(voice)
+
+
+def fetch_voice(voice: str, env: dict[str, str]) -> str | None:
+    """Download what the voice lacks (huggingface_hub shows progress); None when it is ready, else the
+    one message to print."""
+    from dora_primespeech_mlx.commands import download_plan, run_download
+    from dora_primespeech_mlx.errors import PrimeSpeechError
+
     try:
-        registry = VoiceRegistry(config.model_dir, config.voices_file)
-        missing = registry.missing_files(voice)
+        registry, name, missing = voice_files(voice, env)
     except PrimeSpeechError as exc:
         return f"{exc}\nList the voices with: primespeech-mlx voices"
     if not missing:
         return None
-    name = registry.get(voice).name
-    return (f"The voice {name!r} is not installed in {config.model_dir} (missing {missing[0]}"
-            f"{f' and {len(missing) - 1} more files' if len(missing) > 1 else ''}).\n"
-            f"Download it with:  primespeech-mlx download --voice \"{name}\""
-            f"{'' if 'PRIMESPEECH_MODEL_DIR' not in env else f' --model-root {config.model_dir}'}\n"
-            "or try the pipeline on random weights with:  make run VOICE=test")
+    root = f" --model-root {registry.model_root}" if "PRIMESPEECH_MODEL_DIR" in env else ""
+    print(f"The voice {name!r} is not installed in {registry.model_root}: downloading it (once).", flush=True)
+    try:
+        run_download(download_plan(registry, [name], with_g2pw=False))
+    except PrimeSpeechError as exc:
+        return (f"The voice {name!r} could not be downloaded: {exc}\n"
+                f"Download it later with:  primespeech-mlx download --voice \"{name}\"{root}\n"
+                "or try the pipeline now on random weights with:  make run VOICE=test")
+    return None
 
 
 def build_test_voice(model_dir: Path) -> str:
@@ -63,6 +76,7 @@ def report(summary_path: Path) -> int:
 
 
 def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     env = dict(os.environ)
     bin_dir = Path(sys.executable).parent
     env["PATH"] = f"{bin_dir}{os.pathsep}{env.get('PATH', '')}"  # dora-primespeech and python for the nodes
@@ -78,7 +92,7 @@ def main() -> int:
               "generating it the first time takes a few minutes", flush=True)
         voice = build_test_voice(TEST_VOICE_DIR)
     else:
-        problem = voice_problem(voice, env)
+        problem = fetch_voice(voice, env)
         if problem:
             print(problem, file=sys.stderr)
             return 2

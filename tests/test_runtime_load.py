@@ -73,3 +73,22 @@ def test_adapt_blas_threads_follows_the_load(monkeypatch):
         assert runtime.adapt_blas_threads() == 2
     finally:
         runtime._openblas_thread_api()[1](before)
+
+
+class _FakeOpenBLAS:
+    def __init__(self, config: bytes):
+        self.openblas_get_config = lambda: config
+
+
+@pytest.mark.parametrize(("config", "flags", "usable"), [
+    (b"OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=4", {"avx2"}, False),  # cmeel's build on an AMD EPYC
+    (b"OpenBLAS 0.3.31 NO_AFFINITY SKYLAKEX MAX_THREADS=4", {"avx2", "avx512f"}, True),
+    (b"OpenBLAS 0.3.21 NO_LAPACKE DYNAMIC_ARCH NO_AFFINITY Zen MAX_THREADS=64", {"avx2"}, True),
+    (b"OpenBLAS 0.3.21 NO_AFFINITY HASWELL", {"avx2"}, True),
+])
+def test_an_openblas_built_for_avx512_alone_is_skipped_without_avx512(monkeypatch, config, flags, usable):
+    monkeypatch.setattr(runtime, "_cpu_flags", lambda: flags)
+    reason = runtime._unusable_reason(_FakeOpenBLAS(config))
+    assert (reason is None) == usable
+    if not usable:
+        assert "SKYLAKEX" in reason and "AVX-512" in reason
