@@ -75,10 +75,18 @@ class Result:
     text: str
     timings: dict[str, float] = field(default_factory=dict)
     real_time_factor: float = 0.0
+    # the pieces of the request's text dropped as unspeakable (a script no frontend reads), in order;
+    # set on the first Result of a request only
+    dropped: tuple[str, ...] = ()
 
 
 class EmptyTextError(PrimeSpeechError):
-    """The text yields no phonemes (empty, whitespace or punctuation only)."""
+    """The text yields no phonemes (empty, whitespace or punctuation only, or only text in scripts no
+    frontend reads: those pieces are in `dropped`)."""
+
+    def __init__(self, message: str, dropped: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.dropped = dropped
 
 
 class Cancelled(PrimeSpeechError):
@@ -174,11 +182,12 @@ class Synthesizer:
         timings["total"] = time.perf_counter() - started
         return Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=0, is_last=True,
                       text="".join(p.text for p in pieces), timings=timings,
-                      real_time_factor=_rtf(timings["total"], audio.shape[0]))
+                      real_time_factor=_rtf(timings["total"], audio.shape[0]), dropped=pieces[0].dropped)
 
     def stream(self, text: str, voice: Voice, options: SynthesisOptions | None = None,
                should_cancel: Callable[[], bool] | None = None) -> Iterator[Result]:
-        """One Result per segment, each yielded as soon as its audio is decoded."""
+        """One Result per segment, each yielded as soon as its audio is decoded. Every error that depends
+        on the text alone (nothing to speak, text that cannot fit the models) is raised before the first."""
         options = options or SynthesisOptions()
         with self._lock:
             yield from self._run(text, voice, options, should_cancel, batches="growing")
@@ -199,9 +208,17 @@ class Synthesizer:
         prompt_lang = options.prompt_lang or voice.prompt_lang
         speed = float(options.speed if options.speed is not None else voice.speed)
         pipeline = self._get_pipeline()
-        segments = pipeline.prepare(text, text_lang, options.text_split_method)
+        prepared = pipeline.prepare(text, text_lang, options.text_split_method)
+        segments, dropped = prepared.segments, prepared.dropped
+        if dropped:
+            logger.warning("dropped text that no frontend can speak (text_lang %r): %s", text_lang,
+                           ", ".join(repr(piece) for piece in dropped))
         if not segments:
-            raise EmptyTextError(f"the text has nothing to speak: {text[:80]!r}")
+            unspeakable = f" (unspeakable: {', '.join(map(repr, dropped))})" if dropped else ""
+            raise EmptyTextError(f"the text has nothing to speak: {text[:80]!r}{unspeakable}", dropped)
+        if prepared.has_chinese:  # a missing RoBERTa fails here, not after the first audio went out
+            self.encoders.roberta_tokenizer()
+            self.encoders.roberta_model()
         models = self._models(voice)
         prompt = self._prompt(voice, prompt_text, prompt_lang, models)
         setup = time.perf_counter() - t_start
@@ -217,7 +234,7 @@ class Synthesizer:
             poll()
             adapt_blas_threads()
             yield from self._stream_segment(segments[0], len(segments) == 1, models, prompt, options, speed,
-                                            silence, poll, max_tokens, setup)
+                                            silence, poll, max_tokens, setup, dropped)
             start, size = 1, min(2, cap)
         while start < len(segments):
             poll()
@@ -252,14 +269,15 @@ class Synthesizer:
                              segment.text, len(codes), audio.shape[0] / SAMPLE_RATE, timings)
                 yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
                              is_last=index == len(segments) - 1, text=segment.text, timings=timings,
-                             real_time_factor=_rtf(timings["total"], audio.shape[0]))
+                             real_time_factor=_rtf(timings["total"], audio.shape[0]),
+                             dropped=dropped if index == 0 else ())
             start = group.stop
             if batches == "growing":
                 size = min(2 * size, cap)
 
     def _stream_segment(self, segment, is_last: bool, models: _VoiceModels, prompt: _Prompt,
                         options: SynthesisOptions, speed: float, silence: np.ndarray, poll: Callable[[], None],
-                        max_tokens: int, setup: float) -> Iterator[Result]:
+                        max_tokens: int, setup: float, dropped: tuple[str, ...] = ()) -> Iterator[Result]:
         """Upstream's streaming mode for one segment: its codes are cut into chunks while T2S runs
         (`chunking.py`), each chunk decoded with a little overlap and joined with SOLA (`sola.py`), so
         audio starts after `stream_chunk` codes instead of the whole segment. Every generated code is
@@ -300,7 +318,7 @@ class Synthesizer:
             timings["total"] = sum(timings.values())
             yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=0, is_last=final and is_last,
                          text=segment.text if first else "", timings=timings,
-                         real_time_factor=_rtf(timings["total"], audio.shape[0]))
+                         real_time_factor=_rtf(timings["total"], audio.shape[0]), dropped=dropped if first else ())
             first, t1 = False, time.perf_counter()
 
     # -- models and caches -------------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """Text -> speakable segments with phones and BERT features (upstream `TextPreprocessor` + `get_bert_inf`).
 
 `TextPipeline.prepare` cuts a request into segments and phonemises each one up front (cheap), so
-that text without any phoneme is known before a model runs; `bert` computes a segment's features
-on demand (RoBERTa for Chinese pieces, zeros for the others), so streaming does not wait for the
-features of later segments.
+that every error that depends on the text alone is raised before a model runs: text in a script
+no frontend reads is dropped and reported, segments too long for the models are cut between words,
+and nothing left to speak is known. `bert` computes a segment's features on demand (RoBERTa for
+Chinese pieces, zeros for the others), so streaming does not wait for the features of later segments.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 BERT_DIM = 1024
 VERSION = "v2"
+# RoBERTa's 512 positions less [CLS] and [SEP]. A Chinese piece's normalised text holds only ideographs
+# and `, . ! ? … -`, one token each, so its length is its token count.
+BERT_MAX_CHARS = 510
+# T2S input (prompt phones aside) that `prepare` still cuts: ~40 s of Chinese (2 phones a syllable,
+# ~0.22 s each) or ~30 s of English, inside the 60 s T2S generates at most. Segments reach it only
+# where numbers or symbols spell out long (`text.fit_segment` already cut by characters).
+MAX_SEGMENT_PHONES = 360
 
 
 @dataclass
@@ -34,6 +42,27 @@ class Segment:
     @property
     def norm_text(self) -> str:
         return "".join(p.norm_text for p in self.pieces)
+
+
+@dataclass
+class Prepared:
+    """A request's speakable segments, and the pieces of its text dropped as unspeakable (in order)."""
+
+    segments: list[Segment]
+    dropped: tuple[str, ...] = ()
+
+    @property
+    def has_chinese(self) -> bool:
+        """Whether a segment needs RoBERTa features."""
+        return any(p.lang == "zh" for segment in self.segments for p in segment.pieces)
+
+
+def _parts(text: str, lang: str, max_length: int) -> list[str]:
+    """`text.fit_segment`'s pieces that have something to speak (a piece of marks alone is left out)."""
+    from .text import drop_unspeakable, fit_segment
+
+    pieces = fit_segment(text, lang, max_length)
+    return [p for p in pieces if len(pieces) == 1 or drop_unspeakable(p, lang)[0]]
 
 
 class TextPipeline:
@@ -73,20 +102,62 @@ class TextPipeline:
         phones = [i for piece in pieces for i in piece.ids]
         return Segment(text=text, phones=phones, pieces=list(pieces))
 
-    def prepare(self, text: str, lang: str, method: str = "cut5") -> list[Segment]:
-        """The request's segments (upstream's cutting rules), each phonemised; segments that yield no
-        phones or no normalised text are dropped, as upstream does."""
-        from .text import check_mode, prepare_segments
+    def prepare(self, text: str, lang: str, method: str = "cut5") -> Prepared:
+        """The request's segments (upstream's cutting rules), each phonemised and checked against the
+        models' limits, and what was dropped.
+
+        Runs of a script no frontend reads are cut out and reported (`text.drop_unspeakable`); a segment
+        with nothing speakable left, or that yields no phones or no normalised text, is skipped (upstream
+        would synthesise its punctuation); a segment too long for BERT or T2S is cut between words.
+        Raises PrimeSpeechError for text that cannot be made to fit."""
+        from .text import check_mode, drop_unspeakable, prepare_segments
+        from .text.preprocess import MAX_PIECE_LENGTH
 
         check_mode(lang)
-        segments = []
+        segments, dropped = [], []
         for piece in prepare_segments(text, lang, method):
-            segment = self.phonemize(piece, lang)
-            if segment.phones and segment.norm_text:
-                segments.append(segment)
-            else:
-                logger.debug("segment %r yields no phonemes: skipped", piece)
-        return segments
+            kept, gone = drop_unspeakable(piece, lang)
+            dropped.extend(gone)
+            if not kept:
+                logger.debug("segment %r has nothing speakable: skipped", piece)
+                continue
+            for part in _parts(kept, lang, MAX_PIECE_LENGTH):
+                for segment in self._fitted(part, lang):
+                    if segment.phones and segment.norm_text:
+                        segments.append(segment)
+                    else:
+                        logger.debug("segment %r yields no phonemes: skipped", segment.text)
+        return Prepared(segments, tuple(dropped))
+
+    def _fitted(self, text: str, lang: str) -> list[Segment]:
+        """`text` phonemised, cut in two (recursively) while it exceeds BERT_MAX_CHARS or MAX_SEGMENT_PHONES."""
+        from .text import piece_length
+
+        segment = self.phonemize(text, lang)
+        problem = self._too_long(segment)
+        if not problem:
+            return [segment]
+        halves = _parts(text, lang, max(1, piece_length(text) // 2))
+        if len(halves) < 2:  # each of two or more halves holds less speakable text than the whole: this ends
+            raise PrimeSpeechError(f"text too long to synthesise: {problem} in {text[:80]!r}; "
+                                   "add punctuation or spaces to it")
+        return [s for half in halves for s in self._fitted(half, lang)]
+
+    @staticmethod
+    def _too_long(segment: Segment) -> str:
+        """Why the segment does not fit the models ("" if it does). Raises where BERT would find its Chinese
+        pieces inconsistent."""
+        for piece in segment.pieces:
+            if piece.lang != "zh":
+                continue
+            word2ph = piece.word2ph or []
+            if len(word2ph) != len(piece.norm_text) or sum(word2ph) != len(piece.ids):
+                raise PrimeSpeechError(f"Chinese g2p is inconsistent for {piece.text!r}; please report this text")
+            if len(piece.norm_text) > BERT_MAX_CHARS:
+                return f"{len(piece.norm_text) + 2} BERT tokens, at most {BERT_MAX_CHARS + 2}"
+        if len(segment.phones) > MAX_SEGMENT_PHONES:
+            return f"{len(segment.phones)} phones, at most {MAX_SEGMENT_PHONES}"
+        return ""
 
     def bert(self, segment: Segment, encoders) -> np.ndarray:
         """BERT features [1024, len(segment.phones)]: RoBERTa's for Chinese pieces, zeros for the rest.

@@ -202,8 +202,8 @@ def test_speed_prompt_and_language_options(engine, short_t2s):
     assert english.shape[0] > 0
     # T2S gets the transcript's phones + the target's, and the reference clip's codes whatever the transcript
     pipeline = engine._get_pipeline()
-    target = pipeline.prepare("你好，世界。", "zh")[0].phones
-    english_target = pipeline.prepare("Hello world, how are you?", "en")[0].phones
+    target = pipeline.prepare("你好，世界。", "zh").segments[0].phones
+    english_target = pipeline.prepare("Hello world, how are you?", "en").segments[0].phones
     own, other, en = short_t2s[0]["phones"], short_t2s[2]["phones"], short_t2s[3]["phones"]
     assert own[-len(target):] == other[-len(target):] == target
     assert en[-len(english_target):] == english_target and en[: -len(english_target)] == own[: -len(target)]
@@ -247,3 +247,55 @@ def test_missing_reference_audio(engine, tmp_path):
 
 def test_warmup_runs_every_stage(engine):
     engine.warmup(engine.registry.get("test"))
+
+
+
+# -- text no frontend speaks, text that cannot fit ----------------------------------------------------------
+@pytest.mark.parametrize("text", ["Привет, мир!", "مرحبا بالعالم", "ㅋㅋㅋ", "Ω", "สวัสดี"])
+def test_unspeakable_text_is_empty_not_babble(engine, short_t2s, text):
+    voice = engine.registry.get("test")
+    with pytest.raises(EmptyTextError, match="unspeakable") as raised:
+        engine.synthesize(text, voice, SynthesisOptions(text_lang="auto"))
+    assert raised.value.dropped and all(piece in text for piece in raised.value.dropped)
+    with pytest.raises(EmptyTextError):
+        next(engine.stream(text, voice, SynthesisOptions(text_lang="auto")))
+    assert short_t2s == []
+
+
+def test_dropped_text_is_reported_on_the_first_result(engine, short_t2s, caplog):
+    voice = engine.registry.get("test")
+    text = "你好 Привет world，Ελληνικά 今天天气很好。"
+    with caplog.at_level("WARNING", logger="dora_primespeech_mlx.engine"):
+        whole = engine.synthesize(text, voice, SynthesisOptions(text_lang="auto"))
+    assert whole.dropped == ("Привет", "Ελληνικά") and "'Привет', 'Ελληνικά'" in caplog.text
+    assert whole.text == "你好  world， 今天天气很好。"
+    pieces = list(engine.stream(text, voice, SynthesisOptions(text_lang="auto")))  # first segment in chunks
+    assert pieces[0].segment_index == 0 and pieces[0].dropped == ("Привет", "Ελληνικά")
+    assert len(pieces) > 2 and all(p.dropped == () for p in pieces[1:])
+
+
+@pytest.mark.parametrize("chunk", [0, 16])
+def test_stream_raises_before_its_first_result(engine, short_t2s, monkeypatch, chunk):
+    """An error that depends on the text alone comes before any audio: the second segment here cannot fit
+    BERT (its limit lowered to 2 characters, and "Ω" reads 欧米伽 in all_zh); the first is English."""
+    from dora_primespeech_mlx import pipeline as pipeline_module
+    from dora_primespeech_mlx.models import t2s
+
+    streamed = []
+    monkeypatch.setattr(t2s, "stream_generate", lambda *a, **k: streamed.append(1) or iter([1, 2, 3]))
+    monkeypatch.setattr(pipeline_module, "BERT_MAX_CHARS", 2)
+    stream = engine.stream("Hello there friend, Ω, how are you?", engine.registry.get("test"),
+                           SynthesisOptions(text_lang="all_zh", stream_chunk=chunk))
+    with pytest.raises(PrimeSpeechError, match="text too long to synthesise: 6 BERT tokens, at most 4"):
+        next(stream)
+    assert short_t2s == [] and streamed == []
+
+
+def test_long_text_without_punctuation_fits_bert(engine):
+    """800 Chinese characters (with numbers) without a mark were one segment, which RoBERTa refused (802
+    tokens, at most 512); now each segment's Chinese pieces tokenise within the limit, one token a character."""
+    tokenizer = engine.encoders.roberta_tokenizer()
+    text = "今天天气很好我们去公园散步吧晚上再回家吃饭" * 30 + "2024年12月31日共有1234567人" * 5
+    for segment in engine._get_pipeline().prepare(text, "zh").segments:
+        for piece in (p for p in segment.pieces if p.lang == "zh"):
+            assert len(tokenizer.encode(piece.norm_text).ids) == len(piece.norm_text) + 2 <= 512

@@ -7,6 +7,8 @@ Public surface:
 - `cut(text, method) -> list[str]`: upstream's cut0..cut5.
 - `prepare_segments(text, lang, method)`: the segments upstream synthesises one by one.
 - `split_by_language(text, mode)`: (language, text) runs of a segment for a language mode.
+- `drop_unspeakable(text, mode)`: the text without what no frontend reads in that mode, and what was cut.
+- `fit_segment(segment, lang)`: a segment too long for the models cut between words.
 - `segment_phones(segment, mode, version, g2pw)`: all of the above for one segment.
 - `phones_to_ids(phones, version)`, `symbols(version)`.
 - `load_g2pw(model_root)`: the optional g2pW polyphone model for Chinese v2.
@@ -17,14 +19,15 @@ Nothing heavy is imported here: each language loads its data on first use.
 from __future__ import annotations
 
 from ..errors import PrimeSpeechError
-from .cut import cut, cut_text
-from .language import SUPPORTED_MODES, check_mode, not_supported, split_by_language
-from .preprocess import PhonePiece, prepare_segments, segment_phones
+from .cut import cut, cut_text, split_long
+from .language import SUPPORTED_MODES, check_mode, drop_unspeakable, not_supported, split_by_language
+from .preprocess import PhonePiece, fit_segment, piece_length, prepare_segments, segment_phones
 from .symbols import phones_to_ids, symbol_to_id, symbols
 
 __all__ = [
-    "SUPPORTED_MODES", "PhonePiece", "check_mode", "clean_text", "cut", "cut_text", "load_g2pw",
-    "phones_to_ids", "prepare_segments", "segment_phones", "split_by_language", "symbols",
+    "SUPPORTED_MODES", "PhonePiece", "check_mode", "clean_text", "cut", "cut_text", "drop_unspeakable",
+    "fit_segment", "load_g2pw", "phones_to_ids", "piece_length", "prepare_segments", "segment_phones",
+    "split_by_language", "split_long", "symbols",
 ]
 
 # Chinese-only marks that upstream turns into pause symbols: every "," phone of such a text is

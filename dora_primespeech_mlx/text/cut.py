@@ -3,10 +3,14 @@
 Each method returns the text with "\\n" between pieces, exactly as upstream does (quirks included:
 cut0 answers the literal "/n" for punctuation-only text; cut1 puts the last group of sentences into
 the group before it). `cut(text, method)` gives the pieces as a list.
+
+`split_long` (ours) cuts what upstream cannot: a run too long for the models with no clause mark in
+it is cut between words (jieba's words where there is Chinese, else at spaces).
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 
@@ -33,6 +37,82 @@ def split_big_text(text: str, max_len: int = MAX_SEGMENT) -> list[str]:
             current = part
         else:
             current += part
+    if current:
+        pieces.append(current)
+    return pieces
+
+
+_CLAUSE_END_RE = re.compile("(?<=[" + re.escape("".join(sorted(SPLITS))) + "])")
+_HAN_RE = re.compile(r"[\u4e00-\u9fff]")
+_WORD_RE = re.compile(r"\s*\S+|\s+")
+_WORD_CHAR_RE = re.compile(r"\w")
+
+
+def words(text: str) -> list[str]:
+    """`text` cut into words, concatenating back to `text`: jieba's words (posseg, as the Chinese g2p
+    cuts) when there is Chinese, else runs of non-space characters. Spaces go with the word after
+    them and marks with the word before them, so that a cut between words falls at a space."""
+    if _HAN_RE.search(text):
+        from .zh_segment import default_segmenter
+
+        tokens = [word for word, _ in default_segmenter().pos_cut(text)]
+    else:
+        tokens = _WORD_RE.findall(text)
+    out: list[str] = []
+    pending = ""  # spaces waiting for the next word
+    for token in tokens:
+        if token.isspace():
+            pending += token
+        elif out and not pending and not _WORD_CHAR_RE.search(token):
+            out[-1] += token
+        else:
+            out.append(pending + token)
+            pending = ""
+    if pending:
+        if out:
+            out[-1] += pending
+        else:
+            out.append(pending)
+    return out
+
+
+def split_long(text: str, max_length: int, length: Callable[[str], int] = len) -> list[str]:
+    """`text` if it measures at most `max_length`, else pieces that do, concatenating back to `text`.
+
+    Cuts after clause marks (SPLITS) where a clause fits, else between `words`, else (a word longer
+    than the limit) between characters; the pieces are packed to about the same size. `length` must
+    be additive (the sum over the characters, like `len`)."""
+    total = length(text)
+    if total <= max_length:
+        return [text]
+    atoms: list[str] = []
+    for clause in filter(None, _CLAUSE_END_RE.split(text)):
+        if length(clause) <= max_length:
+            atoms.append(clause)
+            continue
+        for word in words(clause):
+            if length(word) <= max_length:
+                atoms.append(word)
+            else:
+                atoms.extend(_pack(list(word), max_length, length, math.ceil(length(word) / max_length)))
+    # pieces of even size, with 10% of the limit left for the words to round to
+    return _pack(atoms, max_length, length, math.ceil(1.1 * total / max_length))
+
+
+def _pack(atoms: list[str], max_length: int, length: Callable[[str], int], count: int) -> list[str]:
+    """Atoms joined into about `count` pieces of even size, none over `max_length`: a piece is closed
+    at the atom that brings it nearest to an even share of what is left."""
+    sizes = [length(atom) for atom in atoms]
+    left = sum(sizes)
+    pieces, current, size = [], "", 0
+    for atom, n in zip(atoms, sizes, strict=True):
+        target = left / max(1, count - len(pieces))
+        if current and (size + n > max_length or size + n / 2 > target):
+            pieces.append(current)
+            left -= size
+            current, size = "", 0
+        current += atom
+        size += n
     if current:
         pieces.append(current)
     return pieces

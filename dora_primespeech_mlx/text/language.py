@@ -6,6 +6,10 @@ Han runs are Chinese, runs with Latin letters (or only symbols) are English, dig
 attach to their neighbours by upstream's rules, other scripts are "unknown" and take a neighbour's
 language.
 Japanese kana, Hangul and the Japanese/Korean/Cantonese modes are not supported yet and raise.
+
+`drop_unspeakable` finds what no frontend can read in a mode (letters and digits of other scripts:
+Cyrillic, Arabic, Thai, Hangul, kana...), so that the pipeline reports it instead of synthesising the
+lone punctuation mark the frontends would leave of it.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import re
 import unicodedata
 
 from ..errors import PrimeSpeechError
+from .zh_normalization import SPELLED_SYMBOLS
 
 SUPPORTED_MODES = ("auto", "zh", "all_zh", "en", "auto_yue")  # auto_yue: only while no Chinese appears
 UNSUPPORTED_MODES = ("ja", "ko", "yue", "all_ja", "all_ko", "all_yue")
@@ -202,6 +207,97 @@ def lang_segments(text: str, default_lang: str = "") -> list[tuple[str, str]]:
             item[0] = items[-1][0] if items else pending[1][0] if len(pending) > 1 else "zh"
         _merge_same(items, item)
     return [(lang, chunk) for lang, chunk in items]
+
+
+# Character classes of `drop_unspeakable`.
+_SPEAK, _DROP, _LONE, _NEUTRAL = range(4)
+_HAN_FIRST, _HAN_LAST = "\u4e00", "\u9fa5"  # the ideographs the Chinese g2p keeps
+
+
+def _char_class(ch: str, mode: str) -> int:
+    """_SPEAK: a frontend reads it in `mode`; _DROP: a letter or digit that no frontend reads; _LONE: a
+    Greek letter that the Chinese normaliser reads as a symbol name ("α" -> 阿尔法); _NEUTRAL: marks,
+    spaces, punctuation, symbols (read or dropped by the frontends, never decisive)."""
+    category = unicodedata.category(ch)
+    if category[0] not in "LN":
+        return _NEUTRAL
+    english = mode == "en"
+    if "0" <= ch <= "9":
+        return _SPEAK
+    if _HAN_FIRST <= ch <= _HAN_LAST:
+        return _DROP if english else _SPEAK
+    if category == "Nd":  # the Chinese normaliser reads full-width digits; other scripts' digits are theirs
+        return _SPEAK if not english and "０" <= ch <= "９" else _DROP
+    if category[0] == "N" or category == "Lm":  # ①, ², Ⅻ, 々, ー: read as symbols or dropped
+        return _SPEAK if not english and ch in SPELLED_SYMBOLS else _NEUTRAL
+    if _is_latin_letter(ch):
+        # English reads a letter whose base (accents stripped) is ASCII: "café" -> "cafe", "ß" is dropped.
+        base = ch if mode == "all_zh" else unicodedata.normalize("NFD", ch)[0]
+        return _SPEAK if base.isascii() else _DROP
+    if ch in SPELLED_SYMBOLS and not english:
+        return _LONE
+    return _DROP
+
+
+def _char_classes(text: str, mode: str) -> list[int]:
+    classes: list[int] = []
+    for i, ch in enumerate(text):
+        if unicodedata.category(ch)[0] == "M":  # a combining mark belongs to its base character
+            classes.append(classes[-1] if classes else _NEUTRAL)
+            continue
+        kind = _char_class(ch, mode)
+        if kind == _LONE:
+            # a Greek word is Greek text, not a symbol; a letter alone is a symbol, which only all_zh
+            # sends to the Chinese normaliser intact (auto and zh may lose it with the marks around it)
+            beside = (text[j] for j in (i - 1, i + 1) if 0 <= j < len(text))
+            if any(c.isalpha() and not _HAN_FIRST <= c <= _HAN_LAST for c in beside):
+                kind = _DROP
+            elif mode == "all_zh":
+                kind = _SPEAK
+        classes.append(kind)
+    if mode == "all_zh":  # all_zh sends a word with an accented letter to the Chinese frontend: all of it is lost
+        start = 0
+        for i in range(len(text) + 1):
+            if i < len(text) and _is_latin_letter(text[i]):
+                continue
+            if _DROP in classes[start:i]:
+                classes[start:i] = [_DROP] * (i - start)
+            start = i + 1
+    return classes
+
+
+def drop_unspeakable(text: str, mode: str) -> tuple[str, tuple[str, ...]]:
+    """`text` without the runs of characters that no frontend speaks in language `mode`, and those runs.
+
+    A run starts and ends with a letter or digit of a script no frontend reads (and takes the
+    punctuation, spaces and marks between), e.g. "Привет, мир" in "你好 Привет, мир world". Returns
+    ("", runs) when nothing speakable is left (no runs for text of marks or symbols alone); text that
+    is speakable throughout comes back unchanged with no runs.
+    Kana and Hangul count as unspeakable here; the ja/ko modes themselves raise in `check_mode`.
+    """
+    check_mode(mode)
+    classes = _char_classes(text, mode)
+    speaks = _SPEAK in classes
+    dropped_kinds = (_DROP,) if speaks else (_DROP, _LONE)
+    runs: list[tuple[int, int]] = []
+    start = end = -1
+    for i, kind in enumerate(classes):
+        if kind in dropped_kinds:
+            start, end = (i if start < 0 else start), i + 1
+        elif kind == _SPEAK and start >= 0:
+            runs.append((start, end))
+            start = -1
+    if start >= 0:
+        runs.append((start, end))
+    dropped = tuple(text[a:b].strip() for a, b in runs)
+    if not speaks:
+        return "", dropped
+    kept, last = [], 0
+    for a, b in runs:
+        kept.append(text[last:a])
+        last = b
+    kept.append(text[last:])
+    return "".join(kept), dropped
 
 
 def split_by_language(text: str, mode: str) -> list[tuple[str, str]]:

@@ -5,6 +5,7 @@ front when the first clause is shorter than 4 characters, cut, drop empty and sy
 merge pieces shorter than 5 characters, end each with a stop, re-split pieces over 510 characters.
 `segment_phones` turns one segment into per-language phone pieces, retrying once with "." in front
 when the whole segment has fewer than 6 phones (upstream's rule for very short text).
+`fit_segment` (ours) cuts a segment too long for the models between words (`cut.split_long`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from .cut import MAX_SEGMENT, SPLITS, cut_text, split_big_text
+from .cut import MAX_SEGMENT, SPLITS, cut_text, split_big_text, split_long
 from .language import split_by_language
 
 _REPEATS_RE = re.compile(r"([!?…,.\-])([!?…,.\-])+")
@@ -20,6 +21,16 @@ _FIRST_CLAUSE_RE = re.compile("[" + re.escape("".join(sorted(SPLITS))) + "]")
 _NON_WORD_RE = re.compile(r"\W+")
 MIN_SEGMENT_CHARS = 5
 MIN_PHONES = 6
+_HAN_RE = re.compile(r"[\u4e00-\u9fff]")
+# The longest segment `fit_segment` leaves whole, in `piece_length` units: 150 Chinese characters or
+# 450 others. A Chinese character is a syllable, ~0.2-0.25 s of speech and 2 phones; a Latin
+# character ~0.07 s. So a segment speaks for ~30-38 s at most: under 1000 of the 1500 codes T2S may
+# generate (25 a second, the engine's max_tokens), and its Chinese pieces have ~150 of RoBERTa's 512
+# tokens (one per character; more only where numbers are spelled out). Upstream's 510-character
+# split (split_big_text) guards BERT only: 510 Chinese characters are two minutes of speech, which T2S
+# cuts off at one. A segment that fits is left as upstream cut it: with cut5 only an unpunctuated run
+# reaches the limit; the groups of cut0-cut4 may, and are then cut at their clause marks first.
+MAX_PIECE_LENGTH = 450
 
 
 def collapse_punctuation(text: str) -> str:
@@ -87,6 +98,20 @@ def pre_segment(text: str, lang: str, method: str) -> list[str]:
 def prepare_segments(text: str, lang: str, method: str = "cut5") -> list[str]:
     """Request text -> the segments upstream synthesises one by one (collapse + pre_segment)."""
     return pre_segment(collapse_punctuation(text), lang, method)
+
+
+def piece_length(text: str) -> int:
+    """A text's length for `fit_segment`: characters, a Chinese one counting three (see MAX_PIECE_LENGTH)."""
+    return len(text) + 2 * len(_HAN_RE.findall(text))
+
+
+def fit_segment(segment: str, lang: str, max_length: int = MAX_PIECE_LENGTH) -> list[str]:
+    """`segment` if its `piece_length` is at most `max_length`, else pieces that fit, cut after clause
+    marks or between words (`cut.split_long`), each ending with a stop as `pre_segment`'s segments do."""
+    pieces = split_long(segment, max_length, piece_length)
+    if len(pieces) == 1:
+        return pieces
+    return [piece if piece[-1] in SPLITS else piece + _stop(lang) for piece in pieces]
 
 
 @dataclass

@@ -296,6 +296,7 @@ _SYMBOL_WORDS = (
     ("ψ", "普赛"), ("Ψ", "普赛"), ("ω", "欧米伽"), ("Ω", "欧米伽"),
     ("+", "加"), ("-", "减"), ("×", "乘"), ("÷", "除"), ("=", "等"),
 )  # fmt: skip
+SPELLED_SYMBOLS = frozenset(symbol for symbol, _ in _SYMBOL_WORDS)  # read as words (Greek letters, ①..⑩, signs)
 _RE_DROP_LATE = re.compile(r"[-——《》【】<=>{}()（）#&@“”^_|\\]")
 _RE_DROP_EARLY = re.compile(r"[——《》【】<>{}()（）#&@“”^_|\\]")
 _RE_SENTENCE_END = re.compile(r"([：、，；。？！,;?!][”’]?)")
