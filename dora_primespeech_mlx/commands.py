@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import time
+import types
 from pathlib import Path
 
 from .errors import PrimeSpeechError
@@ -135,13 +136,36 @@ def _hub():
     return huggingface_hub
 
 
+def hub_problem(endpoint: str, timeout: float = 5.0) -> str | None:
+    """Why the hub at `endpoint` cannot be reached (one request, no retries), or None when it answers."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout):
+            return None
+    except urllib.error.HTTPError:
+        return None  # it answered
+    except urllib.error.URLError as exc:
+        return None if isinstance(exc.reason, ssl.SSLError) else str(exc.reason)
+    except (OSError, ValueError) as exc:
+        return str(exc) or type(exc).__name__
+
+
 def run_download(plan: list[tuple[str, str | None, Path]], hub=None) -> list[Path]:
     """Fetch every planned file with `hf_hub_download` (or a whole repository with `snapshot_download`)
-    into its folder; interrupted files resume; huggingface_hub shows progress bars."""
+    into its folder; interrupted files resume; huggingface_hub shows progress bars. The hub is asked
+    once first, so that an offline machine fails at once instead of after huggingface_hub's retries."""
     hub = hub or _hub()
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         raise PrimeSpeechError("HF_HUB_OFFLINE is set: unset it (or run where the network is reachable) "
                                "to download models")
+    endpoint = (os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+    problem = hub_problem(endpoint) if isinstance(hub, types.ModuleType) else None  # fakes in tests: no probe
+    if problem:
+        raise PrimeSpeechError(f"cannot reach the Hugging Face hub at {endpoint} ({problem}): check the network "
+                               "and run the command again")
     done = []
     for i, (repo, filename, folder) in enumerate(plan, 1):
         print(f"[{i}/{len(plan)}] {repo}: {filename or '(whole repository)'}", file=sys.stderr)

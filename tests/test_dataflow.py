@@ -177,14 +177,18 @@ nodes:
                for e in data["log"])
 
 
-def test_make_run_without_voices_stops_with_one_clear_message(tmp_path):
-    env = dict(os.environ, PRIMESPEECH_MODEL_DIR=str(tmp_path), VOICE="Luo Xiang")
+def test_make_run_without_voices_offline_stops_with_one_clear_message(tmp_path):
+    """A missing voice is downloaded first; with the hub unreachable (a closed port on this machine) the
+    script stops at once with one message naming both ways on, and leaves nothing behind."""
+    env = dict(os.environ, PRIMESPEECH_MODEL_DIR=str(tmp_path), VOICE="Luo Xiang", HF_ENDPOINT="http://127.0.0.1:9")
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "run.py")], env=env, capture_output=True,
                           text=True, timeout=60)
-    assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr.startswith(f"The voice 'Luo Xiang' is not installed in {tmp_path} (missing ")
-    assert 'primespeech-mlx download --voice "Luo Xiang"' in proc.stderr
+    assert proc.returncode == 2
+    assert proc.stdout == f"The voice 'Luo Xiang' is not installed in {tmp_path}: downloading it (once).\n"
+    assert proc.stderr.startswith("The voice 'Luo Xiang' could not be downloaded: "), proc.stderr
+    assert f'primespeech-mlx download --voice "Luo Xiang" --model-root {tmp_path}' in proc.stderr
     assert "make run VOICE=test" in proc.stderr
+    assert "Traceback" not in proc.stderr
     assert not (tmp_path / "moyoyo").exists()
 
 
