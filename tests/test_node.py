@@ -389,7 +389,7 @@ def test_texts_queued_before_a_cancel_are_dropped():
     assert done == {"a": "cancelled", "b": "cancelled", "c": "completed"}
 
 
-T0 = dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc)
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
 
 
 def at(event, seconds):
