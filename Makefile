@@ -8,7 +8,7 @@ PIP := $(PY) -m pip
 # the runtime (what `make run` needs for a real voice) and the dev tools on top of it
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
-SOURCES := pyproject.toml setup.py Makefile $(wildcard dora_primespeech_mlx/native/*.c dora_primespeech_mlx/native/*.h)
+SOURCES := pyproject.toml setup.py Makefile $(wildcard dora_primespeech_mlx/cpu/native/*.c dora_primespeech_mlx/cpu/native/*.h)
 ORACLE_DEPS := einops tqdm packaging torchmetrics wordsegment tokenizers cn2an g2p_en nltk inflect \
                jieba_fast pypinyin
 
@@ -26,12 +26,13 @@ $(RUN_STAMP): $(SOURCES)
 	$(PIP) install -q -e ".[dataflow,download]"
 	touch $@
 
-$(DEV_STAMP): $(RUN_STAMP)
+$(DEV_STAMP): $(RUN_STAMP) devtools/pyproject.toml
 	# torch first, pinned to the CPU build, so nothing pulls a CUDA build (oracle only, never at run time)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps gpt-sovits-cpufast==0.1.0
 	$(PIP) install -q $(ORACLE_DEPS)
+	$(PIP) install -q -e devtools
 	touch $@
 
 lint: $(DEV_STAMP)

@@ -1,28 +1,22 @@
-"""Build step for the three optional native libraries of the Linux CPU path (all loaded with ctypes,
-never imported as Python modules; everything else is configured in pyproject.toml), each built from
-one C file plus the shared headers:
-
-- the BLAS gemv forwarder of MLX's CPU backend (loaded by dora_primespeech_mlx/runtime.py; without it
-  MLX uses OpenBLAS's sgemm for every product);
-- the encoder and vocoder kernels (loaded by dora_primespeech_mlx/models/native_ops.py; without them
-  the encoders and the vocoder run in pure MLX);
-- the packed-weight products and the T2S decode step (loaded by dora_primespeech_mlx/models/panel_ops.py;
-  without them BLAS multiplies and MLX decodes).
-
-Without a C compiler the package installs without them.
+"""Build step for the CPU accelerator's one optional native library, dora_primespeech_mlx.cpu._kernels,
+built from every C file of dora_primespeech_mlx/cpu/native (encoder, vocoder, packed-product and T2S
+decode kernels and their one worker pool). It is loaded with ctypes by cpu/library.py, never
+imported as a Python module; everything else is configured in pyproject.toml. Without a C compiler
+the package installs without it and the models run in pure MLX.
 """
 
+import glob
 import sys
 
 from setuptools import Extension, setup
 
-NATIVE = "dora_primespeech_mlx/native"
-HEADERS = [f"{NATIVE}/common.h", f"{NATIVE}/helper_thread.h"]  # `depends` also puts them in the sdist
+NATIVE = "dora_primespeech_mlx/cpu/native"
 
 extensions = []
 if sys.platform.startswith("linux"):
-    extensions = [Extension(f"dora_primespeech_mlx.native._{name}", sources=[f"{NATIVE}/{name}.c"], depends=HEADERS,
-                            extra_compile_args=["-O3", "-Wno-psabi"], extra_link_args=["-pthread"], optional=True)
-                  for name in ("gemv_forward", "encoder_kernels", "panel_kernels")]
+    extensions = [Extension("dora_primespeech_mlx.cpu._kernels", sources=sorted(glob.glob(f"{NATIVE}/*.c")),
+                            depends=sorted(glob.glob(f"{NATIVE}/*.h")),  # `depends` also puts them in the sdist
+                            extra_compile_args=["-O3", "-Wno-psabi"], extra_link_args=["-pthread"],
+                            optional=True)]
 
 setup(ext_modules=extensions)

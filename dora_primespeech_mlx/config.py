@@ -1,8 +1,9 @@
-"""The node's configuration: every environment variable is read here, once.
+"""The package's configuration: every environment variable the package uses is read here, once.
 
 `NodeConfig.from_env(os.environ)` returns the configuration and a list of problems. A variable with an
 invalid value is reported as a problem (the node logs it through its `log` output) and replaced by its
-default; reading the configuration never raises.
+default; reading the configuration never raises. The node and the CLI read it at start-up and pass what
+the library needs down as arguments; nothing else in the package reads the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 DEVICES = ("auto", "cpu", "gpu")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ENCODER_BACKENDS = ("auto", "mlx", "coreml")
+CPU_KERNELS = ("auto", "off")
 FRAGMENT_INTERVAL_BATCH = 0.07
 FRAGMENT_INTERVAL_STREAMING = 0.3
 
@@ -63,6 +65,9 @@ class NodeConfig:
     max_voices: int = 3  # PRIMESPEECH_MAX_VOICES
     max_text_chars: int = 5000  # PRIMESPEECH_MAX_TEXT_CHARS
     stream_chunk: int = 16  # PRIMESPEECH_STREAM_CHUNK: codes in the first streamed chunk (0: whole segments)
+    cpu_kernels: str = "auto"  # PRIMESPEECH_CPU_KERNELS: the CPU accelerator's switch (auto, off)
+    hf_endpoint: str | None = None  # HF_ENDPOINT: hub mirror for `download` (None: huggingface_hub's own)
+    hf_hub_offline: bool = False  # HF_HUB_OFFLINE: `download` refuses to run
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> tuple[NodeConfig, list[str]]:
@@ -101,6 +106,9 @@ class NodeConfig:
             max_voices=env.number("PRIMESPEECH_MAX_VOICES", 3, int, low=1, high=64),
             max_text_chars=env.number("PRIMESPEECH_MAX_TEXT_CHARS", 5000, int, low=1, high=1_000_000),
             stream_chunk=env.number("PRIMESPEECH_STREAM_CHUNK", 16, int, low=0, high=1500),
+            cpu_kernels=env.choice("PRIMESPEECH_CPU_KERNELS", "auto", CPU_KERNELS),
+            hf_endpoint=env.text("HF_ENDPOINT", None),
+            hf_hub_offline=env.flag("HF_HUB_OFFLINE"),
         )
         return config, env.problems
 
@@ -169,6 +177,11 @@ class _Reader:
         if raw.lower() in _FALSE:
             return False
         return self._bad(name, raw, "true or false", default)
+
+    def flag(self, name: str) -> bool:
+        """A variable another library owns (huggingface_hub's): true when it says so, never a problem."""
+        raw = self._raw(name)
+        return raw is not None and raw.lower() in _TRUE
 
     def number(self, name: str, default: Any, kind: Callable[[str], Any], *, low: float, high: float,
                low_open: bool = False) -> Any:

@@ -32,16 +32,11 @@ SETTINGS = ("auto", "mlx", "coreml")
 KINDS = ("hubert", "roberta")
 
 
-def running_on_macos() -> bool:
-    """True on macOS, the only OS where Core ML runs."""
-    return sys.platform == "darwin"
-
-
 def encoder_folders(model_root: str | os.PathLike) -> dict[str, Path]:
     """The official encoder folders under a dora-primespeech model root (`moyoyo/<name>/`)."""
-    from .coreml.export import model_folder
+    from .voices import ModelRoot
 
-    return {kind: model_folder(model_root, kind) for kind in KINDS}
+    return {kind: ModelRoot(Path(model_root)).encoder(kind) for kind in KINDS}
 
 
 def _as_mx(x):
@@ -72,15 +67,12 @@ class MLXEncoders:
 
     def _mlx_model(self, kind: str) -> Callable[..., Any]:
         if kind not in self._mlx:
-            if kind == "hubert":
-                from .models import hubert as module
-                folder = self.hubert_dir
-            else:
-                from .models import roberta as module
-                folder = self.roberta_dir
+            from .loading import load_model
+
+            folder = self.hubert_dir if kind == "hubert" else self.roberta_dir
             if not folder.exists():
                 raise PrimeSpeechError(f"{kind} model not found at {folder}: run `primespeech-mlx download`")
-            model = module.load_model(folder, dtype=self.dtype)
+            model = load_model(kind, folder, dtype=self.dtype)
 
             def call(x, *args, _model=model, **kwargs):
                 kwargs = {k: None if v is None else _as_mx(v) for k, v in kwargs.items()}
@@ -130,12 +122,14 @@ class CoreMLEncoders(MLXEncoders):
 
 def _load_coreml(folders: dict[str, Path], compute_units: str) -> tuple[dict[str, tuple[Any, Path]] | None, str]:
     """(Core ML models by kind, "") when Core ML can run both packages here, else (None, why not)."""
-    if not running_on_macos():
+    from . import coreml
+
+    if not coreml.running_on_macos():
         return None, f"Core ML runs only on macOS (this is {sys.platform})"
-    from .convert import converted_dir_for, is_converted, is_fresh
     from .coreml import require_coremltools
     from .coreml.export import package_path, package_problem
     from .coreml.runtime import load_mlmodel
+    from .loading import converted_dir_for, is_converted, is_fresh
 
     try:
         require_coremltools()

@@ -7,7 +7,7 @@ decode of the generated codes with the TARGET phones, the reference spectrogram 
 -> per-fragment peak normalisation (only when the peak exceeds 1), a short fade at both ends of each
 fragment and `fragment_interval` seconds of silence after it.
 
-T2S runs segments in batches (`models/t2s_batch.py`): each row keeps its own seed and gets the codes it
+T2S runs segments in batches (`models/generate.py`): each row keeps its own seed and gets the codes it
 would get alone, so batching changes speed, not output. `synthesize` batches up to the cap at once;
 `stream` grows its batches 1, 2, 4, ... so that the first segment's audio is not held back by the others.
 """
@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from . import loading
 from .chunking import chunk_codes, mute_similarity
-from .convert import converted_dir_for, source_fingerprint
 from .errors import PrimeSpeechError
+from .loading import converted_dir_for, source_fingerprint
 from .runtime import adapt_blas_threads
 from .voices import Voice, VoiceRegistry
 
@@ -199,7 +200,7 @@ class Synthesizer:
         """Segments in order, T2S batched: `batches="whole"` generates up to the batch cap at once
         (fastest overall); `"growing"` runs 1, 2, 4, ... segments per batch, so the first audio comes
         after one segment and each later batch is ready before the audio before it has played."""
-        from .models.t2s_batch import generate_batch
+        from .models.generate import generate
 
         t_start = time.perf_counter()
         _check_options(options)
@@ -245,7 +246,7 @@ class Synthesizer:
             rows = [prompt.t2s_row(segments[i], bert) for i, bert in zip(group, berts, strict=True)]
             t1 = time.perf_counter()
             seeds = [_segment_seed(options, i) for i in group]
-            generated = generate_batch(
+            generated = generate(
                 models.t2s, rows, prompt.codes, seeds=seeds, top_k=options.top_k, top_p=options.top_p,
                 temperature=options.temperature, repetition_penalty=options.repetition_penalty,
                 early_stop_num=models.early_stop_num, max_tokens=max_tokens, poll=poll,
@@ -282,16 +283,17 @@ class Synthesizer:
         (`chunking.py`), each chunk decoded with a little overlap and joined with SOLA (`sola.py`), so
         audio starts after `stream_chunk` codes instead of the whole segment. Every generated code is
         spoken, as in upstream's streaming mode."""
-        from .models import t2s as t2s_mod
+        from .models import generate as t2s_generate
         from .sola import StreamDecoder
 
         t0 = time.perf_counter()
         bert = self._get_pipeline().bert_many([segment], self.encoders)[0]
         seed = _segment_seed(options, 0)
-        codes = t2s_mod.stream_generate(
-            models.t2s, *prompt.t2s_row(segment, bert), prompt.codes, top_k=options.top_k, top_p=options.top_p,
-            temperature=options.temperature, repetition_penalty=options.repetition_penalty,
-            early_stop_num=models.early_stop_num, max_tokens=max_tokens, seed=seed)
+        steps = t2s_generate.generate_step(
+            models.t2s, [prompt.t2s_row(segment, bert)], prompt.codes, seeds=[seed], top_k=options.top_k,
+            top_p=options.top_p, temperature=options.temperature, repetition_penalty=options.repetition_penalty,
+            early_stop_num=models.early_stop_num, max_tokens=max_tokens)
+        codes = (row_codes[0] for _, row_codes in steps)  # one row: its code of every step
 
         def polled(codes):
             for count, code in enumerate(codes, 1):
@@ -304,7 +306,7 @@ class Synthesizer:
         similarity = None if options.fixed_length_chunk else models.similarity()
         fade = int(options.edge_fade * SAMPLE_RATE)
         first, t1 = True, time.perf_counter()
-        last_step = t2s_mod.last_step(max_tokens, models.early_stop_num)
+        last_step = t2s_generate.last_step(max_tokens, models.early_stop_num)
         for chunk, final in chunk_codes(polled(codes), last_step=last_step, chunk_length=options.stream_chunk,
                                         similarity=similarity, fixed_first=True):
             t2 = time.perf_counter()
@@ -327,7 +329,6 @@ class Synthesizer:
         if key in self._voices:
             self._voices.move_to_end(key)
             return self._voices[key]
-        from .models import sovits, t2s
 
         for path, what in ((voice.gpt_path, "GPT weights"), (voice.sovits_path, "SoVITS weights")):
             if not Path(path).exists():
@@ -335,8 +336,8 @@ class Synthesizer:
                                        f"run `primespeech-mlx download --voice \"{voice.name}\"`")
         started = time.perf_counter()
         logger.info("loading voice %r (official checkpoints are converted to MLX on first use)", voice.name)
-        t2s_model = t2s.load_model(voice.gpt_path)
-        sovits_model = sovits.load_model(voice.sovits_path)
+        t2s_model = loading.load_model("t2s", voice.gpt_path)
+        sovits_model = loading.load_model("sovits", voice.sovits_path)
         models = _VoiceModels(t2s_model, sovits_model, _early_stop_num(t2s_model))
         logger.info("voice %r loaded in %.2fs (SoVITS %s)", voice.name, time.perf_counter() - started,
                     sovits_model.version)

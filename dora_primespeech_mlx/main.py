@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import traceback
 from typing import Any
@@ -55,7 +54,7 @@ def build_engine(config: NodeConfig) -> tuple[Any | None, str | None, list[str]]
 
 def main() -> int:
     """Run the node inside a Dora dataflow until its inputs close or the dataflow stops."""
-    config, problems = NodeConfig.from_env(os.environ)
+    config, problems = NodeConfig.from_env()
     # the node's own lines also go to stderr, which `dora run` shows; the `log` output carries them too
     logging.basicConfig(level=config.log_level, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -68,7 +67,9 @@ def main() -> int:
               "to speak text directly use `primespeech-mlx say TEXT`.", file=sys.stderr)
         return 1
     from .node import TTSNode
+    from .runtime import prepare
 
+    prepare(config)  # BLAS threads and the CPU-kernel switch, before build_engine loads any model
     engine, error, engine_problems = build_engine(config)
     TTSNode(node, config, engine, problems=problems + engine_problems, startup_error=error).run()
     return 0

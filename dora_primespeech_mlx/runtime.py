@@ -1,9 +1,13 @@
-"""MLX device and dtype selection, and the OpenBLAS preload for MLX's Linux CPU build.
+"""MLX device and dtype selection; the OpenBLAS preload for MLX's Linux CPU build; the process's
+CPU policy (`prepare`) and the CPU accelerator's one dispatch point (`accelerate`).
 
 The Linux `mlx[cpu]` wheel links a reference BLAS that is ~50x slower than OpenBLAS. Loading an
 OpenBLAS with standard cblas symbols into the global symbol scope before `mlx.core` is first
 imported makes MLX's cblas calls resolve to it. `dora_primespeech_mlx/__init__.py` calls
-`preload_openblas()` so that this happens before any module of the package imports MLX.
+`preload_openblas()` so that this happens before any module of the package imports MLX; that
+dlopen is all importing the package does. The node and the CLI call `prepare(config)` at start-up
+(BLAS threads through OpenBLAS's own API, the CPU-kernel switch), and every model loader passes
+its model through `accelerate(model)`.
 """
 
 from __future__ import annotations
@@ -20,10 +24,9 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import PrimeSpeechError
-from .native import library_path
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +151,13 @@ _OTHER_LOAD: list[OtherLoad] = []
 
 
 def adapt_blas_threads() -> int | None:
-    """Re-choose OpenBLAS's thread count from the current load of other processes, when the count is
-    automatic (OPENBLAS_NUM_THREADS was not set) and no `blas_threads` block is active: all usable
+    """Re-choose OpenBLAS's thread count from the current load of other processes, when `prepare`
+    chose the count (OPENBLAS_NUM_THREADS was not set) and no `blas_threads` block is active: all usable
     cores while they are free, one fewer per core that other work keeps busy (more than a fifth of a
     core counts). OpenBLAS's threads wait for each other at every product, so a thread whose core is
     taken stalls all of them (a busy second core made two threads 1.7x slower than one). Call it
-    between requests; returns the count set, or None when nothing was changed."""
+    between requests (the native T2S step follows the same count); the sampling thread starts on the
+    first such call. Returns the count set, or None when nothing was changed."""
     api = _openblas_thread_api()
     if api is None or not _OPENBLAS_STATE.get("auto"):
         return None
@@ -201,7 +205,9 @@ def auto_blas_threads(sample_seconds: float = 0.1) -> int:
 
 
 def preload_openblas() -> str | None:
-    """Load OpenBLAS globally on Linux before MLX is imported. Returns the library path or None."""
+    """Load OpenBLAS globally on Linux before MLX is imported (the only thing importing the package
+    does: no environment writes, no /proc sampling, no threads of ours). Returns the library path or
+    None. PRIMESPEECH_NO_OPENBLAS skips it (processes that run torch beside MLX)."""
     if _OPENBLAS_STATE["path"] or not sys.platform.startswith("linux"):
         return _OPENBLAS_STATE["path"]
     if os.environ.get("PRIMESPEECH_NO_OPENBLAS"):
@@ -210,12 +216,6 @@ def preload_openblas() -> str | None:
     if "mlx.core" in sys.modules:
         _OPENBLAS_STATE["why"] = "mlx.core was imported before dora_primespeech_mlx"
         return None
-    if not os.environ.get("OPENBLAS_NUM_THREADS"):
-        os.environ["OPENBLAS_NUM_THREADS"] = str(auto_blas_threads())
-        _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (auto, adapts to load)"
-        _OPENBLAS_STATE["auto"] = True
-    else:
-        _OPENBLAS_STATE["threads"] = f"{os.environ['OPENBLAS_NUM_THREADS']} threads (OPENBLAS_NUM_THREADS)"
     errors = []
     for path in _openblas_candidates():
         try:
@@ -227,8 +227,6 @@ def preload_openblas() -> str | None:
         if unusable:
             errors.append(f"{path}: {unusable} (apt-get install libopenblas0-pthread)")
             continue
-        # the forwarder must enter the global scope before OpenBLAS for its cblas_sgemm to win
-        _load_gemv_forward(openblas)
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
         _OPENBLAS_STATE.update(path=path, why="loaded")
         return path
@@ -241,50 +239,12 @@ def preload_openblas() -> str | None:
     return None
 
 
-def _load_gemv_forward(openblas: ctypes.CDLL) -> None:
-    """Load native/gemv_forward.c's library globally and bind it to `openblas`. Skipped when it was
-    not built (no C compiler at install time) or does not load: then sgemm serves every product."""
-    path = library_path("_gemv_forward")
-    if path is None:
-        return
-    try:
-        forward = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
-        pointers = [ctypes.cast(getattr(openblas, name), ctypes.c_void_p) for name in ("cblas_sgemm", "cblas_sgemv")]
-        if forward.primespeech_bind_blas(*pointers) != 0:
-            raise OSError("binding to OpenBLAS failed")
-        forward.primespeech_bind_threads(ctypes.cast(openblas.openblas_get_num_threads, ctypes.c_void_p))
-    except (OSError, AttributeError) as exc:
-        logger.warning("gemv forwarding unavailable (%s): OpenBLAS's sgemm serves every product", exc)
-        return
-    _OPENBLAS_STATE["forward_lib"] = forward
-
-
-def _forwarder_count(symbol: str) -> int | None:
-    forward = _OPENBLAS_STATE.get("forward_lib")
-    if forward is None:
-        return None
-    counter = getattr(forward, symbol)
-    counter.restype = ctypes.c_long
-    return int(counter())
-
-
-def gemv_forwarded_calls() -> int | None:
-    """How many products the gemv forwarder has handed to sgemv so far; None when it is not loaded."""
-    return _forwarder_count("primespeech_forwarded_calls")
-
-
-def skinny_product_calls() -> int | None:
-    """How many 2..16-row products the forwarder has computed itself; None when it is not loaded."""
-    return _forwarder_count("primespeech_skinny_calls")
-
-
 def openblas_status() -> str:
     """A short human-readable account of the BLAS that MLX's CPU backend uses."""
     path = _OPENBLAS_STATE["path"]
     if not path:
         return f"reference BLAS ({_OPENBLAS_STATE['why']})"
-    return (f"openblas: {path}, {_OPENBLAS_STATE.get('threads', 'default threads')}"
-            + (", gemv forwarding" if _OPENBLAS_STATE.get("forward_lib") else ""))
+    return f"openblas: {path}, {blas_thread_count()} threads ({_OPENBLAS_STATE.get('policy', 'OpenBLAS default')})"
 
 
 def _openblas_thread_api():
@@ -378,3 +338,73 @@ def select_runtime(device: str = "auto", dtype: str = "auto") -> Runtime:
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "float16"
     return Runtime(device=device, dtype_name=dtype)
+
+
+def prepare(config: Any) -> None:
+    """Set the process's CPU policy at start-up, before any model is loaded (the node and the CLI
+    call it): OpenBLAS's thread count through OpenBLAS's own API, and the CPU accelerator's switch.
+
+    config: a NodeConfig; its `cpu_kernels` ("auto" or "off") switches the CPU kernels. Threads: an
+    OPENBLAS_NUM_THREADS given in the environment is OpenBLAS's own setting, honoured by OpenBLAS
+    and left alone; otherwise OpenBLAS gets the usable cores that are idle now, from a 0.1 s
+    /proc/stat sample (on idle cores two threads decode 1.5x faster than one; with a core taken by
+    another process, two ran 1.7x slower than one), then `adapt_blas_threads` follows the load.
+    """
+    _set_cpu_kernels(getattr(config, "cpu_kernels", "auto") != "off")
+    _size_cuda_conv_cache()
+    api = _openblas_thread_api()
+    if api is None:
+        return
+    if os.environ.get("OPENBLAS_NUM_THREADS"):  # read by OpenBLAS itself when it was loaded
+        _OPENBLAS_STATE.update(policy="OPENBLAS_NUM_THREADS", auto=False)
+        return
+    threads = auto_blas_threads()
+    api[1](threads)
+    _OPENBLAS_STATE.update(policy="auto: the cores idle at start-up", auto=True)
+    logger.debug("OpenBLAS threads: %d (idle usable cores at start-up)", threads)
+
+
+# cuDNN plans MLX's CUDA backend keeps (its default is 128). Streaming SoVITS decodes chunks of varying
+# length: one utterance needs ~230 convolution plans, and with 128 the first, second and last chunks
+# rebuilt ~55 plans each (2.4 ms apiece: streaming 2.5x slower on an H100). Metal compiles its
+# convolution kernels by name, not per length, so the setting only matters on CUDA.
+CUDA_CONV_CACHE_SIZE = "4096"
+
+
+def _size_cuda_conv_cache() -> None:
+    """On MLX's CUDA backend, a convolution plan cache that holds a streamed utterance's plans (unless
+    the user set MLX_CUDA_CONV_CACHE_SIZE); MLX reads it at the first convolution."""
+    import mlx.core as mx
+
+    cuda = getattr(mx, "cuda", None)
+    if cuda is not None and cuda.is_available():
+        os.environ.setdefault("MLX_CUDA_CONV_CACHE_SIZE", CUDA_CONV_CACHE_SIZE)
+
+
+def _set_cpu_kernels(on: bool) -> None:
+    """The CPU accelerator's switch (cpu.library.set_enabled), imported only to switch it off or
+    where it is already loaded: it is on by default."""
+    library = sys.modules.get("dora_primespeech_mlx.cpu.library")
+    if library is None and not on:
+        from .cpu import library
+    if library is not None:
+        library.set_enabled(on)
+
+
+M = TypeVar("M")
+
+
+def accelerate(model: M) -> M:
+    """The CPU accelerator's one dispatch point, for every loaded model: on the CPU device with the
+    CPU kernels switched on, `cpu.accelerate(model)` swaps the modules its kernels serve for native
+    twins; elsewhere the model is returned untouched and cpu/ is never imported."""
+    import mlx.core as mx
+
+    if mx.default_device() != mx.cpu:
+        return model
+    library = sys.modules.get("dora_primespeech_mlx.cpu.library")
+    if library is not None and not library.enabled():
+        return model
+    from . import cpu
+
+    return cpu.accelerate(model)

@@ -1,13 +1,18 @@
-"""Voice registry: the 15 built-in voices of dora-primespeech plus user voices from a JSON file.
+"""Voice registry and the model-root layout: the 15 built-in voices of dora-primespeech plus user voices.
 
-The built-in table is `configs/voices.json` (shipped in the package). Files live under the model
-root in the original's layout, so an existing dora-primespeech download works unchanged:
+The built-in table is `configs/voices.json` (shipped in the package). Files live under the model root in
+the original's layout (`ModelRoot`, the one place that knows it), so an existing dora-primespeech download
+works unchanged:
 
     <model_root>/moyoyo/GPT_weights/<stem>_best_gpt.ckpt
     <model_root>/moyoyo/SoVITS_weights/<stem>_best_sovits.pth
     <model_root>/moyoyo/ref_audios/<stem>_ref.wav
     <model_root>/moyoyo/chinese-hubert-base/, chinese-roberta-wwm-ext-large/   (shared encoders)
     <model_root>/G2PWModel/                                                   (optional g2pW)
+    <model_root>/voices.json                                                  (optional user voices)
+
+Converted MLX weights are cached beside their official files (see `loading.converted_dir_for`), so they
+follow this layout without a place of their own.
 
 User voices use the same entry format (`gpt_weights`, `sovits_weights`, `reference_audio`, `prompt_text`,
 `prompt_lang`, `text_lang`, `speed_factor`, `aliases`), either as `{"voices": {name: entry}}` or as a
@@ -30,10 +35,78 @@ from .errors import PrimeSpeechError
 
 logger = logging.getLogger(__name__)
 
-SUBFOLDER = "moyoyo"
-USER_VOICES_FILE = "voices.json"
 CUSTOM_LANGS = ("zh", "en", "ja", "auto")
+ENCODER_KINDS = ("hubert", "roberta")
 _REQUIRED_KEYS = ("gpt_weights", "sovits_weights", "reference_audio", "prompt_text")
+
+
+@dataclass(frozen=True)
+class ModelRoot:
+    """Every path of a model root, in the original dora-primespeech's layout (`~` is expanded)."""
+
+    path: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path).expanduser())
+
+    @property
+    def moyoyo(self) -> Path:
+        """The folder of the voices and the shared encoders; voice paths are relative to it."""
+        return self.path / "moyoyo"
+
+    @property
+    def gpt_weights(self) -> Path:
+        return self.moyoyo / "GPT_weights"
+
+    @property
+    def sovits_weights(self) -> Path:
+        return self.moyoyo / "SoVITS_weights"
+
+    @property
+    def ref_audios(self) -> Path:
+        return self.moyoyo / "ref_audios"
+
+    @property
+    def hubert(self) -> Path:
+        """The official CNHuBERT folder (config.json, preprocessor_config.json, pytorch_model.bin)."""
+        return self.moyoyo / "chinese-hubert-base"
+
+    @property
+    def roberta(self) -> Path:
+        """The official Chinese RoBERTa folder (config.json, pytorch_model.bin, tokenizer.json)."""
+        return self.moyoyo / "chinese-roberta-wwm-ext-large"
+
+    @property
+    def g2pw(self) -> Path:
+        """The optional g2pW polyphone model folder."""
+        return self.path / "G2PWModel"
+
+    @property
+    def user_voices(self) -> Path:
+        """The user voices file read automatically when it exists."""
+        return self.path / "voices.json"
+
+    def encoder(self, kind: str) -> Path:
+        """The official folder of a shared encoder: `hubert` or `roberta`."""
+        if kind not in ENCODER_KINDS:
+            raise ValueError(f"unknown encoder {kind!r}: expected one of {', '.join(ENCODER_KINDS)}")
+        return self.hubert if kind == "hubert" else self.roberta
+
+    def encoder_files(self) -> list[Path]:
+        """Files every voice needs: the shared HuBERT and RoBERTa (+ tokenizer)."""
+        return [self.hubert / "config.json", self.hubert / "pytorch_model.bin",
+                self.roberta / "config.json", self.roberta / "pytorch_model.bin", self.roberta / "tokenizer.json"]
+
+    def g2pw_tokenizers(self) -> list[Path]:
+        """Where g2pW's BERT tokenizer.json may be, in order: its own folder, the shared RoBERTa, and a
+        RoBERTa folder directly under the root."""
+        return [self.g2pw / "tokenizer.json", self.roberta / "tokenizer.json",
+                self.path / self.roberta.name / "tokenizer.json"]
+
+    def resolve(self, path: str | os.PathLike) -> Path:
+        """A voice file path as written in a voices table: absolute, `~`, or relative to `moyoyo/`."""
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else self.moyoyo / p
 
 
 @dataclass(frozen=True)
@@ -61,16 +134,12 @@ def normalize_name(name: str) -> str:
     return "".join(ch for ch in name.lower() if ch not in " _-")
 
 
-def expand_path(path: str | os.PathLike) -> Path:
-    """Expand `~` and `$VARS` in a user-supplied path."""
-    return Path(os.path.expanduser(os.path.expandvars(str(path))))
-
-
 class VoiceRegistry:
     """Built-in and user voices, resolved against one model root."""
 
     def __init__(self, model_root: str | os.PathLike, user_voices_file: str | os.PathLike | None = None):
-        self.model_root = expand_path(model_root)
+        self.root = ModelRoot(Path(model_root))
+        self.model_root = self.root.path
         self.config = builtin_config()
         self.repository: str = self.config["repository"]
         self.default_voice: str = self.config["default_voice"]
@@ -78,31 +147,26 @@ class VoiceRegistry:
         self._builtin: set[str] = set()
         for name, entry in self.config["voices"].items():
             self._add(name, dict(entry, repository=self.repository), builtin=True)
-        auto_file = self.model_root / USER_VOICES_FILE
-        if auto_file.is_file():
-            self._load_user_file(auto_file, strict=False)
+        if self.root.user_voices.is_file():
+            self._load_user_file(self.root.user_voices, strict=False)
         if user_voices_file:
-            path = expand_path(user_voices_file)
+            path = Path(user_voices_file).expanduser()
             if not path.is_file():
                 raise PrimeSpeechError(f"user voices file not found: {path} (check PRIMESPEECH_VOICES_FILE)")
             self._load_user_file(path, strict=True)
 
-    # -- layout ------------------------------------------------------------------------------------
-    @property
-    def moyoyo_dir(self) -> Path:
-        return self.model_root / SUBFOLDER
-
+    # -- layout (the engine's view of `root`) -------------------------------------------------------
     @property
     def hubert_dir(self) -> Path:
-        return self.moyoyo_dir / self.config["encoders"]["hubert"]["folder"]
+        return self.root.hubert
 
     @property
     def roberta_dir(self) -> Path:
-        return self.moyoyo_dir / self.config["encoders"]["roberta"]["folder"]
+        return self.root.roberta
 
     @property
     def g2pw_dir(self) -> Path:
-        return self.model_root / self.config["g2pw"]["folder"]
+        return self.root.g2pw
 
     # -- lookup ------------------------------------------------------------------------------------
     def names(self) -> list[str]:
@@ -120,9 +184,9 @@ class VoiceRegistry:
         entry = self._entries[canonical]
         return Voice(
             name=canonical,
-            gpt_path=self._resolve(entry["gpt_weights"]),
-            sovits_path=self._resolve(entry["sovits_weights"]),
-            ref_audio=self._resolve(entry["reference_audio"]),
+            gpt_path=self.root.resolve(entry["gpt_weights"]),
+            sovits_path=self.root.resolve(entry["sovits_weights"]),
+            ref_audio=self.root.resolve(entry["reference_audio"]),
             prompt_text=entry["prompt_text"],
             prompt_lang=entry.get("prompt_lang", entry.get("text_lang", "auto")),
             text_lang=entry.get("text_lang", "auto"),
@@ -136,9 +200,7 @@ class VoiceRegistry:
 
     def encoder_files(self) -> list[Path]:
         """Files every voice needs: the shared HuBERT and RoBERTa (+ tokenizer)."""
-        return [self.hubert_dir / "config.json", self.hubert_dir / "pytorch_model.bin",
-                self.roberta_dir / "config.json", self.roberta_dir / "pytorch_model.bin",
-                self.roberta_dir / "tokenizer.json"]
+        return self.root.encoder_files()
 
     def missing_files(self, name: str) -> list[Path]:
         """Files this voice needs that are not on disk (empty when installed)."""
@@ -156,7 +218,7 @@ class VoiceRegistry:
 
         As in the original, a language outside zh/en/ja/auto becomes auto, and the speed is 1.1.
         """
-        ref = expand_path(ref_audio)
+        ref = Path(ref_audio).expanduser()
         if not ref.is_file():
             raise PrimeSpeechError(f"reference audio not found: {ref} (give an absolute path to a 3-10 s WAV)")
         lang = prompt_lang if prompt_lang in CUSTOM_LANGS else "auto"
@@ -180,12 +242,8 @@ class VoiceRegistry:
                 return canonical
         return None
 
-    def _resolve(self, path: str) -> Path:
-        p = expand_path(path)
-        return p if p.is_absolute() else self.moyoyo_dir / p
-
     def _existing(self, path: str | os.PathLike, what: str) -> Path:
-        p = self._resolve(str(path))
+        p = self.root.resolve(path)
         if not p.exists():
             raise PrimeSpeechError(f"{what} not found: {p}")
         return p

@@ -57,7 +57,7 @@ def fetch_voice(voice: str, env: dict[str, str]) -> str | None:
 
 def build_test_voice(model_dir: Path) -> str:
     """The random-weight test voice in the official layout under model_dir (built once); its name."""
-    from dora_primespeech_mlx.oracle.voice import build_test_voice as build
+    from primespeech_devtools.oracle.voice import build_test_voice as build
 
     result = build(model_dir)
     return getattr(result, "name", None) or str(result)

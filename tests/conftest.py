@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 
+from dora_primespeech_mlx import loading
+
 
 @pytest.fixture(scope="session")
 def upstream():
     """Import upstream GPT-SoVITS once per session; returns its package folder."""
-    from dora_primespeech_mlx.oracle import import_upstream
+    from primespeech_devtools.oracle import import_upstream
 
     return import_upstream()
 
@@ -24,15 +26,33 @@ def torch_single_thread():
     torch.set_num_threads(threads)
 
 
-def _t2s_decoder(tmp_path_factory, size: str, seed: int):
-    """(upstream decoder with seeded random weights, our model loaded from its official .ckpt, the path)."""
+def _load_t2s(path, native: bool):
     import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
-    from dora_primespeech_mlx.models import t2s
-    from dora_primespeech_mlx.oracle import t2s as oracle
+    from dora_primespeech_mlx.cpu import library
+
+    enabled = library.enabled()
+    library.set_enabled(native)
+    try:
+        return loading.load_model("t2s", path)
+    finally:
+        library.set_enabled(enabled)
+
+
+@pytest.fixture(scope="session")
+def load_t2s():
+    """`load(path, native)`: our T2S model from `path`, with the CPU accelerator's native decoding (native,
+    where the CPU library is built) or pure MLX (the accelerator switched off while it loads)."""
+    return _load_t2s
+
+
+def _t2s_decoder(tmp_path_factory, size: str, seed: int):
+    """(upstream decoder with seeded random weights, our model loaded from its official .ckpt as the
+    engine loads it (native decoding on the CPU where built), the path)."""
+    from primespeech_devtools.oracle import t2s as oracle
 
     config = oracle.SMALL_CONFIG if size == "small" else oracle.FULL_CONFIG
     ref, path = oracle.write_random_checkpoint(tmp_path_factory.mktemp(size) / f"{size}.ckpt", config, seed)
-    return ref, t2s.load_model(path), path
+    return ref, _load_t2s(path, native=True), path
 
 
 @pytest.fixture(scope="session")
@@ -45,3 +65,17 @@ def t2s_small(tmp_path_factory, upstream):
 def t2s_full(tmp_path_factory, upstream):
     """The full-size (24-layer) T2S decoder, upstream's and ours on the same weights: (ref, model, ckpt path)."""
     return _t2s_decoder(tmp_path_factory, "full", seed=0)
+
+
+@pytest.fixture(scope="session")
+def t2s_small_mlx(t2s_small):
+    """`t2s_small` with our model in pure MLX: (ref, model, ckpt path)."""
+    ref, _, path = t2s_small
+    return ref, _load_t2s(path, native=False), path
+
+
+@pytest.fixture(scope="session")
+def t2s_full_mlx(t2s_full):
+    """`t2s_full` with our model in pure MLX: (ref, model, ckpt path)."""
+    ref, _, path = t2s_full
+    return ref, _load_t2s(path, native=False), path

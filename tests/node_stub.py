@@ -2,8 +2,11 @@
 
 The stub speaks deterministic sine tones (one piece per sentence) and misbehaves on request, driven by
 markers in the text: RAISE_PS (PrimeSpeechError), RAISE_RT (RuntimeError), RAISE_KEY (KeyError),
-EMPTY_ENGINE (EmptyTextError), NAN_AUDIO, NO_AUDIO. It uses the engine module's own types
-(Result, EmptyTextError, Cancelled) and the real voices.Voice.
+EMPTY_ENGINE (EmptyTextError), NAN_AUDIO, NO_AUDIO (in a sentence: that piece), FAIL_HERE (a sentence
+that raises PrimeSpeechError after the sentences before it were yielded), NO_LAST (no piece is marked
+last). Like the engine's frontend it drops Cyrillic and Arabic runs as unspeakable, reporting them in
+`dropped` on the first Result (EmptyTextError when nothing else is left). It uses the engine module's
+own types (Result, EmptyTextError, Cancelled) and the real voices.Voice.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dora_primespeech_mlx.voices import Voice
 
 SAMPLE_RATE = 32000
 SAMPLES_PER_CHAR = 160
+UNSPEAKABLE = re.compile(r"[\u0400-\u04ff\u0600-\u06ff]+")  # Cyrillic, Arabic
 VOICES = {"Doubao": ("zh", 1.1), "Luo Xiang": ("zh", 1.1), "Maple": ("en", 1.0), "Broken": ("zh", 1.1)}
 
 
@@ -95,27 +99,42 @@ class StubSynthesizer:
             raise KeyError("missing")
         if "EMPTY_ENGINE" in text:
             raise EmptyTextError("the text has no phonemes")
+        dropped = tuple(UNSPEAKABLE.findall(text))
+        text = UNSPEAKABLE.sub("", text)
+        if not any(ch.isalnum() for ch in text):
+            error = EmptyTextError(f"nothing speakable left after dropping {dropped}")
+            error.dropped = dropped  # as engine.EmptyTextError carries them
+            raise error
         sentences = [s for s in re.split(r"(?<=[.!?。！？])\s*", text) if s.strip()]
         for index, sentence in enumerate(sentences):
             if should_cancel is not None and should_cancel():
                 raise Cancelled("cancelled at a segment boundary")
             if self.on_segment is not None:
                 self.on_segment(index)
+            if "FAIL_HERE" in sentence:
+                raise PrimeSpeechError("stub failure in the middle of the text")
             audio = tone(sentence, voice)
             if "NAN_AUDIO" in sentence:
                 audio[3] = np.nan
             if "NO_AUDIO" in sentence:
                 audio = np.zeros(0, np.float32)
-            yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
-                         is_last=index == len(sentences) - 1, text=sentence,
-                         timings={"total": 0.01}, real_time_factor=0.25)
+            result = Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
+                            is_last=index == len(sentences) - 1 and "NO_LAST" not in text, text=sentence,
+                            timings={"total": 0.01}, real_time_factor=0.25)
+            if index == 0 and dropped:
+                result.dropped = dropped  # engine.Result's field (set like this while it may not exist yet)
+            yield result
 
     def synthesize(self, text: str, voice: Voice, options: Any, should_cancel=None) -> Any:
         self.calls.append(("synthesize", text, voice, options))
         pieces = list(self._pieces(text, voice, options, should_cancel))
         audio = np.concatenate([p.audio for p in pieces]) if pieces else np.zeros(0, np.float32)
-        return Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=0, is_last=True, text=text,
-                      timings={"total": 0.01}, real_time_factor=0.25)
+        result = Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=0, is_last=True, text=text,
+                        timings={"total": 0.01}, real_time_factor=0.25)
+        dropped = getattr(pieces[0], "dropped", ()) if pieces else ()
+        if dropped:
+            result.dropped = dropped
+        return result
 
     def stream(self, text: str, voice: Voice, options: Any, should_cancel=None):
         self.calls.append(("stream", text, voice, options))

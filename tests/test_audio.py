@@ -129,7 +129,7 @@ def _real_looking(seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def test_reference_spectrogram_matches_upstream(upstream):
-    from dora_primespeech_mlx.oracle.sovits import upstream_spectrogram
+    from primespeech_devtools.oracle.sovits import upstream_spectrogram
 
     for name, x in _real_looking().items():
         x = x.astype(np.float32)
@@ -146,7 +146,7 @@ def test_reference_spectrogram_matches_upstream(upstream):
 def test_reference_spectrogram_is_linear_magnitude(upstream):
     """Trap: the reference spectrogram is a linear magnitude (no log, no mel); a log-magnitude
     alternative is far from upstream."""
-    from dora_primespeech_mlx.oracle.sovits import upstream_spectrogram
+    from primespeech_devtools.oracle.sovits import upstream_spectrogram
 
     x = _real_looking()["speechlike"].astype(np.float32)
     ref = upstream_spectrogram(x)
@@ -159,7 +159,7 @@ def test_reference_spectrogram_is_linear_magnitude(upstream):
 
 def test_prepare_reference_spectrogram_peak_handling(tmp_path, upstream):
     """File -> 32 kHz mono -> divide by min(2, peak) when peak > 1 -> spectrogram, as upstream."""
-    from dora_primespeech_mlx.oracle.sovits import upstream_spectrogram
+    from primespeech_devtools.oracle.sovits import upstream_spectrogram
 
     rng = np.random.default_rng(3)
     for peak, rate in ((1.5, 44100), (3.0, 32000), (0.7, 16000)):

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
+from dora_primespeech_mlx import loading
 from dora_primespeech_mlx.chunking import chunk_codes, mute_similarity, mute_split
-from dora_primespeech_mlx.models import t2s
-from dora_primespeech_mlx.oracle import t2s as oracle
+from dora_primespeech_mlx.models import generate
+from primespeech_devtools.oracle import t2s as oracle
 
 GREEDY = dict(top_k=1, top_p=1.0, temperature=1.0, repetition_penalty=1.0)
 SIM_TOL = 1e-6
@@ -28,7 +29,7 @@ def _single_thread(torch_single_thread):
 def small(tmp_path_factory, upstream):
     ref, path = oracle.write_random_checkpoint(tmp_path_factory.mktemp("chunks") / "small.ckpt",
                                                oracle.SMALL_CONFIG, seed=3)
-    return ref, t2s.load_model(path)
+    return ref, loading.load_model("t2s", path)
 
 
 def _upstream_chunks(ref, phones, bert, prompt, *, early_stop_num, chunk_length, similarity):
@@ -43,7 +44,9 @@ def _upstream_chunks(ref, phones, bert, prompt, *, early_stop_num, chunk_length,
 
 
 def _ours(model, phones, bert, prompt, *, early_stop_num, chunk_length, similarity):
-    codes = t2s.stream_generate(model, phones, bert, prompt, **GREEDY, early_stop_num=early_stop_num)
+    steps = generate.generate_step(model, [(phones, bert)], prompt, seeds=[None], **GREEDY,
+                                   early_stop_num=early_stop_num)
+    codes = (row_codes[0] for _, row_codes in steps)
     return list(chunk_codes(codes, last_step=early_stop_num, chunk_length=chunk_length, similarity=similarity))
 
 
@@ -79,7 +82,7 @@ def test_mute_split_chunks_end_where_upstream_splits(small, seed):
     similarity = mute_similarity(np.array(model.ar_audio_embedding.word_embeddings.weight))
     ours = _ours(model, phones, bert, prompt, early_stop_num=120, chunk_length=16, similarity=similarity)
     assert len(ours) == len(up) >= 3 and ours[-1][1] and not any(final for _, final in ours[:-1])
-    whole = t2s.generate(model, phones, bert, prompt, **GREEDY, early_stop_num=120)
+    whole = generate.generate(model, [(phones, bert)], prompt, seeds=[None], **GREEDY, early_stop_num=120)[0]
     assert [c for chunk, _ in ours for c in chunk] == whole  # every code once, in order
     for (mine, _), (theirs, _) in zip(ours[:-1], up[:-1], strict=True):
         # upstream hands out all pending codes; our chunk is the part before its pointer's new place

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import os
 from pathlib import Path
@@ -16,7 +17,7 @@ DEFAULTS = {
     "temperature": 1.0, "seed": 233333, "text_split_method": "cut5", "batch_size": 100, "split_bucket": True,
     "use_gpu": False, "legacy_device": "cpu", "log_level": "INFO", "sample_rate": 32000, "num_threads": 4,
     "device": "auto", "dtype": "auto", "voices_file": None, "encoder_backend": "auto", "max_voices": 3,
-    "max_text_chars": 5000, "stream_chunk": 16,
+    "max_text_chars": 5000, "stream_chunk": 16, "cpu_kernels": "auto", "hf_endpoint": None, "hf_hub_offline": False,
 }
 
 
@@ -37,7 +38,8 @@ def test_every_variable_is_read():
         "DEVICE": "cuda:0", "LOG_LEVEL": "debug", "SAMPLE_RATE": "16000", "NUM_THREADS": "2",
         "PRIMESPEECH_DEVICE": "CPU", "PRIMESPEECH_DTYPE": "float16", "PRIMESPEECH_VOICES_FILE": "/v.json",
         "PRIMESPEECH_ENCODER_BACKEND": "coreml", "PRIMESPEECH_MAX_VOICES": "5",
-        "PRIMESPEECH_MAX_TEXT_CHARS": "300", "PRIMESPEECH_STREAM_CHUNK": "0",
+        "PRIMESPEECH_MAX_TEXT_CHARS": "300", "PRIMESPEECH_STREAM_CHUNK": "0", "PRIMESPEECH_CPU_KERNELS": "OFF",
+        "HF_ENDPOINT": "https://mirror.example", "HF_HUB_OFFLINE": "1",
     }
     config, problems = NodeConfig.from_env(env)
     assert problems == []
@@ -47,7 +49,8 @@ def test_every_variable_is_read():
         top_p=0.9, temperature=0.7, seed=-1, text_split_method="cut1", batch_size=8, split_bucket=False,
         use_gpu=True, legacy_device="cuda:0", log_level="DEBUG", sample_rate=16000, num_threads=2,
         device="cpu", dtype="float16", voices_file=Path("/v.json"), encoder_backend="coreml", max_voices=5,
-        max_text_chars=300, stream_chunk=0)
+        max_text_chars=300, stream_chunk=0, cpu_kernels="off", hf_endpoint="https://mirror.example",
+        hf_hub_offline=True)
     notes = " ".join(config.notes())
     assert "USE_GPU" in notes and "PRIMESPEECH_DEVICE=cpu" in notes and "SAMPLE_RATE=16000" in notes
 
@@ -99,6 +102,7 @@ def test_prompt_lang_auto_means_the_voices_language():
     ("PRIMESPEECH_ENCODER_BACKEND", "onnx", "encoder_backend", "auto", "mlx, coreml"),
     ("PRIMESPEECH_MAX_VOICES", "0", "max_voices", 3, "[1, 64]"),
     ("PRIMESPEECH_MAX_TEXT_CHARS", "many", "max_text_chars", 5000, "an integer"),
+    ("PRIMESPEECH_CPU_KERNELS", "on", "cpu_kernels", "auto", "one of auto, off"),
 ])
 def test_invalid_values_are_problems_and_use_the_default(name, value, field, default, hint):
     config, problems = NodeConfig.from_env({name: value})
@@ -121,3 +125,44 @@ def test_booleans(raw, value):
 def test_log_level_aliases():
     assert NodeConfig.from_env({"LOG_LEVEL": "warn"})[0].log_level == "WARNING"
     assert NodeConfig.from_env({"LOG_LEVEL": "Error"})[0].log_level == "ERROR"
+
+
+def test_cpu_kernels_switch():
+    assert NodeConfig.from_env({})[0].cpu_kernels == "auto"
+    assert NodeConfig.from_env({"PRIMESPEECH_CPU_KERNELS": "auto"})[0].cpu_kernels == "auto"
+    assert NodeConfig.from_env({"PRIMESPEECH_CPU_KERNELS": " Off "})[0].cpu_kernels == "off"
+
+
+@pytest.mark.parametrize("raw, offline", [("1", True), ("TRUE", True), ("on", True), ("yes", True), ("0", False),
+                                          ("", False), ("later", False)])
+def test_huggingface_variables_are_read_as_huggingface_hub_reads_them(raw, offline):
+    config, problems = NodeConfig.from_env({"HF_HUB_OFFLINE": raw, "HF_ENDPOINT": " "})
+    assert (config.hf_hub_offline, config.hf_endpoint, problems) == (offline, None, [])
+
+
+def test_from_env_reads_os_environ_by_default(monkeypatch):
+    monkeypatch.setenv("VOICE_NAME", "Maple")
+    monkeypatch.setenv("PRIMESPEECH_CPU_KERNELS", "off")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    config, _ = NodeConfig.from_env()
+    assert (config.voice_name, config.cpu_kernels, config.hf_endpoint) == ("Maple", "off", "http://127.0.0.1:9")
+
+
+PACKAGE = Path(__file__).resolve().parents[1] / "dora_primespeech_mlx"
+# Still reading the environment, each for its own reason: runtime.py's OpenBLAS preload (before any
+# configuration exists), the dev-only oracle/ and bench/ packages and the example helper nodes (separate
+# Dora nodes), all on their way out of this package or of environment reading.
+ENV_READERS_ASIDE = ("config.py", "runtime.py", "oracle", "bench", "nodes")
+
+
+def test_node_config_is_the_only_reader_of_the_environment():
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in ENV_READERS_ASIDE:
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            name = node.attr if isinstance(node, ast.Attribute) else node.id if isinstance(node, ast.Name) else None
+            if name in ("environ", "getenv", "putenv", "unsetenv", "expandvars"):
+                found.append(f"{relative}:{node.lineno}: {name}")
+    assert found == []

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dora_primespeech_mlx.convert import (
+from dora_primespeech_mlx.loading import (
     converted_dir_for,
     ensure_converted,
     is_fresh,

@@ -26,12 +26,14 @@ import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
 
 ct = pytest.importorskip("coremltools", reason="coremltools (extra `coreml`) is not installed")
 
+import coreml_reference as reference  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 
+from dora_primespeech_mlx import loading  # noqa: E402
 from dora_primespeech_mlx.checkpoint import read_checkpoint  # noqa: E402
-from dora_primespeech_mlx.coreml import export, programs, readback, reference  # noqa: E402
+from dora_primespeech_mlx.coreml import export, programs, readback  # noqa: E402
 from dora_primespeech_mlx.errors import PrimeSpeechError  # noqa: E402
 
 SMALL_HUBERT = {"hidden_size": 96, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 192,
@@ -48,7 +50,7 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
 
 @pytest.fixture(scope="session")
 def small_folders(upstream):
-    from dora_primespeech_mlx.oracle.encoders import model_folder
+    from primespeech_devtools.oracle.encoders import model_folder
 
     return {"hubert": model_folder("hubert", 3, SMALL_HUBERT), "roberta": model_folder("roberta", 3, SMALL_ROBERTA)}
 
@@ -61,9 +63,13 @@ def small_packages(small_folders):
 def _mlx_with_package_weights(kind: str, converted: Path):
     """The MLX encoder with every weight rounded to float16, as the package stores it (the HuBERT
     waveform stage stays float32 there, and its source weights are float16 values already)."""
-    from dora_primespeech_mlx.models import hubert, roberta
+    from dora_primespeech_mlx.cpu import library
 
-    model = (hubert if kind == "hubert" else roberta).load_model(converted)
+    library.set_enabled(False)  # the pure-MLX encoder (the one the packages mirror), not the CPU twins
+    try:
+        model = loading.load_model(kind, converted)
+    finally:
+        library.set_enabled(True)
     rounded = [(k, v.astype(mx.float16).astype(mx.float32)) for k, v in tree_flatten(model.parameters())]
     model.update(tree_unflatten(rounded))
     return model
@@ -206,18 +212,18 @@ def test_bert_program_equals_the_mlx_encoder_with_padding(small_folders, small_p
 
 
 def test_float16_emulation_stays_close(small_folders, small_packages):
-    from dora_primespeech_mlx.models import hubert, roberta
+    from dora_primespeech_mlx.models import roberta
 
     wave = np.random.default_rng(0).standard_normal(8_000).astype(np.float32) * 0.3
     program = readback.read_program(small_packages["hubert"])
     got = reference.run_program(program, {"waveform": wave[None]}, precision="float16")["hidden_states"]
-    assert _rel(got, np.array(hubert.load_model(small_packages["hubert"].parent)(mx.array(wave)))) < FLOAT16_RTOL
+    assert _rel(got, np.array(loading.load_model("hubert", small_packages["hubert"].parent)(mx.array(wave)))) < FLOAT16_RTOL
     ids = roberta.load_tokenizer(small_folders["roberta"]).encode(TEXT).ids
     padded = np.zeros((1, 32), np.int32)
     padded[0, :len(ids)] = ids
     program = readback.read_program(small_packages["roberta"])
     got = reference.run_program(program, {"input_ids": padded}, precision="float16")["hidden_states"]
-    want = np.array(roberta.load_model(small_packages["roberta"].parent)(mx.array([ids])))
+    want = np.array(loading.load_model("roberta", small_packages["roberta"].parent)(mx.array([ids])))
     assert _rel(got[:, :len(ids)], want) < FLOAT16_RTOL
 
 
@@ -241,11 +247,11 @@ def test_export_is_cached_and_a_changed_conversion_makes_it_stale(small_folders,
 
 
 def test_cli_exports_and_checks(small_folders, tmp_path, capsys):
-    from dora_primespeech_mlx.coreml import add_coreml_command
+    from dora_primespeech_mlx.coreml.cli import add_coreml_command
 
     root = tmp_path / "models"
-    for kind, name in export.FOLDER_NAMES.items():
-        shutil.copytree(small_folders[kind], root / "moyoyo" / name, ignore=shutil.ignore_patterns("mlx"))
+    for kind in export.KINDS:
+        shutil.copytree(small_folders[kind], export.model_folder(root, kind), ignore=shutil.ignore_patterns("mlx"))
     parser = argparse.ArgumentParser()
     add_coreml_command(parser.add_subparsers(dest="command"))
 
@@ -259,13 +265,11 @@ def test_cli_exports_and_checks(small_folders, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "hubert: exported" in out and "roberta: exported" in out
 
-    from dora_primespeech_mlx.convert import converted_dir_for, is_fresh
+    from dora_primespeech_mlx.loading import converted_dir_for, is_fresh
 
-    for kind in export.KINDS:
+    for kind in export.KINDS:  # exporting leaves each folder's MLX conversion current
         folder = export.model_folder(root, kind)
-        if not is_fresh(converted_dir_for(folder), folder, kind):
-            pytest.xfail("dora_primespeech_mlx/convert.py: save_converted fingerprints a source folder after "
-                         "writing its temporary output into it, so a folder's MLX conversion is never fresh")
+        assert is_fresh(converted_dir_for(folder), folder, kind)
     args = parser.parse_args(["coreml-export", "--model-root", str(root), "--check"])
     assert args.func(args) == 0
     report = json.loads(capsys.readouterr().out)
@@ -292,8 +296,8 @@ def _write_full_size_folder(kind: str, folder: Path, seed: int) -> Path:
     near 1. Tensors GPT-SoVITS never reads (MLM head, BERT layers after hidden_states[-3]) are zeros."""
     import torch
 
-    from dora_primespeech_mlx.oracle import import_upstream
-    from dora_primespeech_mlx.oracle.encoders import HUBERT_NAME, ROBERTA_NAME, shipped_folder
+    from primespeech_devtools.oracle import import_upstream
+    from primespeech_devtools.oracle.encoders import HUBERT_NAME, ROBERTA_NAME, shipped_folder
 
     import_upstream()
     from types import SimpleNamespace

@@ -29,18 +29,21 @@ pytestmark = pytest.mark.skipif(shutil.which("dora", path=str(BIN)) is None and 
                                 reason="the dora command (pip install dora-rs-cli) is not installed")
 
 
-def dora_run(dataflow: Path, env: dict[str, str], timeout: float = 90) -> subprocess.CompletedProcess:
-    """`dora run` with the test interpreter's bin folder first on PATH; fails the test on a non-zero exit."""
+def dora_run(dataflow: Path, env: dict[str, str], timeout: float = 90, cwd: Path | None = None
+             ) -> subprocess.CompletedProcess:
+    """`dora run` (in cwd, default the dataflow's folder) with the test interpreter's bin folder first on
+    PATH; fails the test on a non-zero exit."""
     full_env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env)
     full_env.pop("DORA_LOG_LEVEL", None)
     proc = subprocess.run([str(BIN / "dora") if (BIN / "dora").exists() else "dora", "run", str(dataflow)],
-                          cwd=dataflow.parent, env=full_env, capture_output=True, text=True, timeout=timeout)
+                          cwd=cwd or dataflow.parent, env=full_env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, f"dora run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     return proc
 
 
 def with_stub_tts(src: Path, dest_dir: Path) -> Path:
-    """A copy of a dataflow whose TTS nodes run the stub-engine node."""
+    """A copy of a dataflow (with the helper nodes it runs from nodes/) whose TTS nodes run the stub-engine node."""
+    shutil.copytree(src.parent / "nodes", dest_dir / "nodes", dirs_exist_ok=True)
     text = src.read_text("utf-8")
     assert "    path: dora-primespeech\n" in text
     text = text.replace("    path: dora-primespeech\n", f"    path: python\n    args: {STUB_TTS}\n")
@@ -133,6 +136,19 @@ def test_voice_chat_flow(tmp_path):
     assert not [e for e in data["log"] if json.loads(e["value"])["level"] == "ERROR"]
 
 
+def test_a_flow_runs_its_helper_nodes_from_its_own_folder(tmp_path):
+    """The helper nodes are found beside the dataflow (dora starts each node in the dataflow's folder),
+    whatever folder `dora run` is typed in."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "flows").mkdir()
+    flow = with_stub_tts(DATAFLOWS / "say.yml", tmp_path / "flows")
+    dora_run(flow, {"TEXT": "你好。", "OUTPUT_DIR": str(tmp_path / "out"), "NAME": "away"}, cwd=elsewhere)
+    data = summary(tmp_path / "out" / "away.json")
+    assert terminal_answers(data) == [("1", "completed")]
+    assert not list(elsewhere.iterdir())
+
+
 def test_cancel_reaches_the_node_while_it_speaks(tmp_path):
     flow = tmp_path / "cancel.yml"
     flow.write_text(f"""
@@ -158,7 +174,7 @@ nodes:
       STUB_SEGMENT_SECONDS: "0.25"
   - id: recorder
     path: python
-    args: -m dora_primespeech_mlx.nodes.recorder
+    args: {DATAFLOWS / "nodes" / "recorder.py"}
     inputs:
       audio: tts/audio
       segment_complete: tts/segment_complete
@@ -185,7 +201,8 @@ def test_make_run_without_voices_offline_stops_with_one_clear_message(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stdout == f"The voice 'Luo Xiang' is not installed in {tmp_path}: downloading it (once).\n"
-    assert proc.stderr.startswith("The voice 'Luo Xiang' could not be downloaded: "), proc.stderr
+    assert proc.stderr.startswith("The voice 'Luo Xiang' could not be downloaded: cannot reach"), proc.stderr
+    assert proc.stderr.count("\n") == 3, proc.stderr  # one message, three lines
     assert f'primespeech-mlx download --voice "Luo Xiang" --model-root {tmp_path}' in proc.stderr
     assert "make run VOICE=test" in proc.stderr
     assert "Traceback" not in proc.stderr

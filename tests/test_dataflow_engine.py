@@ -1,7 +1,7 @@
 """The shipped dataflows under a real `dora run` with the real engine, on random-weight test voices.
 
 The voices are written as official files in the `moyoyo/` layout with torch (upstream's own modules,
-via dora_primespeech_mlx.oracle), so the node converts them on first use like a downloaded voice. They
+via primespeech_devtools.oracle), so the node converts them on first use like a downloaded voice. They
 use small configurations (2-3 layers) so that this stays quick on 2 CPU cores; `make run VOICE=test`
 uses full-size ones (oracle.voice.build_test_voice). Random weights speak noise: these tests check the
 plumbing and the contract (one audio message per text, segment_complete for each, status and log
@@ -34,9 +34,9 @@ pytestmark = [
 def write_small_voice(root: Path, name: str, seed: int, encoders: bool) -> None:
     """A random-weight voice with small models in the official layout, registered in root/voices.json."""
     pytest.importorskip("torch")
-    from dora_primespeech_mlx.oracle import encoders as enc
-    from dora_primespeech_mlx.oracle import sovits, t2s
-    from dora_primespeech_mlx.oracle.voice import _write_pcm16, synthetic_reference
+    from primespeech_devtools.oracle import encoders as enc
+    from primespeech_devtools.oracle import sovits, t2s
+    from primespeech_devtools.oracle.voice import _write_pcm16, synthetic_reference
 
     moyoyo = root / "moyoyo"
     config = t2s.make_config(n_layer=2)
@@ -69,9 +69,11 @@ def model_root(tmp_path_factory) -> Path:
 
 
 def dora_run(dataflow: Path, workdir: Path, env: dict[str, str], timeout: float = 300) -> str:
-    """`dora run` of a copy of a shipped dataflow in workdir (dora writes its logs beside the file)."""
+    """`dora run` of a copy of a shipped dataflow in workdir (dora writes its logs beside the file), with
+    the helper nodes it runs from nodes/."""
     copy = workdir / dataflow.name
     shutil.copy(dataflow, copy)
+    shutil.copytree(dataflow.parent / "nodes", workdir / "nodes", dirs_exist_ok=True)
     full_env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **env)
     proc = subprocess.run([shutil.which("dora", path=full_env["PATH"]), "run", str(copy)], cwd=workdir,
                           env=full_env, capture_output=True, text=True, timeout=timeout)

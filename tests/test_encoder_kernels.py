@@ -1,4 +1,4 @@
-"""The native encoder kernels (dora_primespeech_mlx/native/encoder_native_ops.c) against float64 NumPy.
+"""The native encoder kernels (dora_primespeech_mlx/cpu/native/encoders.c) against float64 NumPy.
 
 Each kernel runs on several buffers (one thread each) with odd sizes (tails shorter than a vector,
 pieces of different lengths) and must match a float64 reference computed from the same float32
@@ -15,7 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from dora_primespeech_mlx.models import native_ops
+from dora_primespeech_mlx.cpu import library
+from dora_primespeech_mlx.cpu import ops as native_ops
 
 mx = pytest.importorskip("mlx.core")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux CPU kernels")
@@ -29,7 +30,7 @@ def native():
     mx.set_default_device(mx.cpu)
     if native_ops.native_kernels() is None or not native_ops.native_attention_available():
         pytest.fail("the native encoder kernels are not loaded: pip install -e . builds "
-                    "dora_primespeech_mlx/native/_encoder_kernels*.so (needs a C compiler and OpenBLAS)")
+                    "dora_primespeech_mlx/cpu/_kernels*.so (needs a C compiler and OpenBLAS)")
 
 
 def close(actual, expected, tol) -> None:
@@ -178,10 +179,10 @@ def test_rejects_what_it_cannot_take():
 
 
 def test_can_be_switched_off():
-    assert native_ops.native_blas()  # names the cblas_sgemm bound (MKL's when the mkl wheel is installed)
-    native_ops.set_native_kernels(False)
+    assert library.sgemm_bound()  # the global cblas_sgemm (MLX's OpenBLAS) was bound
+    library.set_enabled(False)
     try:
         assert native_ops.native_kernels() is None and not native_ops.native_attention_available()
     finally:
-        native_ops.set_native_kernels(True)
+        library.set_enabled(True)
     assert native_ops.native_kernels() is not None

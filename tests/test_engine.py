@@ -47,7 +47,7 @@ def test_kept_codes_follows_upstreams_slice():
 # -- on the test voice ------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def voice_files():
-    from dora_primespeech_mlx.oracle.voice import shared_test_voice
+    from primespeech_devtools.oracle.voice import shared_test_voice
 
     return shared_test_voice()
 
@@ -63,9 +63,9 @@ def engine(voice_files):
 def short_t2s(monkeypatch):
     """Spy on batched T2S generation (capped at 12 steps to keep the tests quick): records one entry per
     row, with the size of the batch it ran in."""
-    from dora_primespeech_mlx.models import t2s_batch
+    from dora_primespeech_mlx.models import generate
 
-    real = t2s_batch.generate_batch
+    real = generate.generate
     calls = []
 
     def spy(model, rows, prompt, **kwargs):
@@ -74,7 +74,7 @@ def short_t2s(monkeypatch):
         kwargs["max_tokens"] = min(kwargs.get("max_tokens", 1500), 12)
         return real(model, rows, prompt, **kwargs)
 
-    monkeypatch.setattr(t2s_batch, "generate_batch", spy)
+    monkeypatch.setattr(generate, "generate", spy)
     return calls
 
 
@@ -214,12 +214,17 @@ def test_speed_prompt_and_language_options(engine, short_t2s):
 def test_voice_models_are_cached_and_bounded(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
-    from dora_primespeech_mlx.models import sovits, t2s
+    from dora_primespeech_mlx import loading
 
     loads = []
-    monkeypatch.setattr(t2s, "load_model", lambda p: loads.append(p) or SimpleNamespace(
-        args=SimpleNamespace(early_stop_num=2700)))
-    monkeypatch.setattr(sovits, "load_model", lambda p: SimpleNamespace(version="v2"))
+
+    def load_model(kind, path):
+        if kind == "sovits":
+            return SimpleNamespace(version="v2")
+        loads.append(path)
+        return SimpleNamespace(args=SimpleNamespace(early_stop_num=2700))
+
+    monkeypatch.setattr(loading, "load_model", load_model)
     reg = VoiceRegistry(tmp_path)
     for name in ("Maple", "Cove", "Ellen"):
         voice = reg.get(name)
@@ -279,10 +284,10 @@ def test_stream_raises_before_its_first_result(engine, short_t2s, monkeypatch, c
     """An error that depends on the text alone comes before any audio: the second segment here cannot fit
     BERT (its limit lowered to 2 characters, and "Ω" reads 欧米伽 in all_zh); the first is English."""
     from dora_primespeech_mlx import pipeline as pipeline_module
-    from dora_primespeech_mlx.models import t2s
+    from dora_primespeech_mlx.models import generate
 
     streamed = []
-    monkeypatch.setattr(t2s, "stream_generate", lambda *a, **k: streamed.append(1) or iter([1, 2, 3]))
+    monkeypatch.setattr(generate, "generate_step", lambda *a, **k: streamed.append(1) or iter([([0], [1])]))
     monkeypatch.setattr(pipeline_module, "BERT_MAX_CHARS", 2)
     stream = engine.stream("Hello there friend, Ω, how are you?", engine.registry.get("test"),
                            SynthesisOptions(text_lang="all_zh", stream_chunk=chunk))

@@ -24,7 +24,7 @@ CASES = [
 
 @pytest.fixture(scope="module")
 def voice_files(upstream):
-    from dora_primespeech_mlx.oracle.voice import shared_test_voice
+    from primespeech_devtools.oracle.voice import shared_test_voice
 
     return shared_test_voice()
 
@@ -33,7 +33,7 @@ def voice_files(upstream):
 def oracle_pending(voice_files):
     """Upstream's audio and per-segment codes for every case, computed in a child process before our
     side runs (running both at once on 2 cores oversubscribes them: BLAS threads then spin and wait)."""
-    from dora_primespeech_mlx.oracle.voice import PendingOracle, voice_job
+    from primespeech_devtools.oracle.voice import PendingOracle, voice_job
 
     cases = [{"text": text, "lang": lang, "speed": speed, "top_k": 1, "noise_scale": 0.0,
               "fragment_interval": 0.07} for text, lang, speed in CASES]

@@ -16,14 +16,15 @@ import pytest
 from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
+from dora_primespeech_mlx import loading
 from dora_primespeech_mlx.errors import PrimeSpeechError
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
 
 from dora_primespeech_mlx import features  # noqa: E402
-from dora_primespeech_mlx.models import hubert, roberta  # noqa: E402
-from dora_primespeech_mlx.oracle import encoders as oracle  # noqa: E402
+from dora_primespeech_mlx.models import roberta  # noqa: E402
+from primespeech_devtools.oracle import encoders as oracle  # noqa: E402
 
 REL_TOL = 1e-4
 WAVE_TOL = 1e-4
@@ -72,13 +73,13 @@ def voice_like(seconds: float, sample_rate: int, channels: int = 1, seed: int = 
 def bert(upstream):
     """The full-size random-weight BERT (shared with test_roberta through the oracle's cache)."""
     folder = oracle.model_folder("roberta", seed=0)
-    return folder, roberta.load_model(folder), roberta.load_tokenizer(folder)
+    return folder, loading.load_model("roberta", folder), roberta.load_tokenizer(folder)
 
 
 @pytest.fixture(scope="session")
 def tiny_bert(upstream):
     folder = oracle.model_folder("roberta", seed=1, overrides=TINY_BERT)
-    return folder, roberta.load_model(folder), roberta.load_tokenizer(folder)
+    return folder, loading.load_model("roberta", folder), roberta.load_tokenizer(folder)
 
 
 @pytest.mark.parametrize("size", ["full", "tiny"])
@@ -161,13 +162,12 @@ def test_reference_window_is_3_to_10_seconds(tmp_path):
 
 def test_prompt_semantic_equals_upstream(upstream, tmp_path):
     librosa = pytest.importorskip("librosa")
-    from dora_primespeech_mlx.models import sovits
-    from dora_primespeech_mlx.oracle import sovits as sovits_oracle
+    from primespeech_devtools.oracle import sovits as sovits_oracle
 
     hubert_dir = oracle.model_folder("hubert", seed=0)
     net = sovits_oracle.shared_upstream("v2", seed=0, small=True)
-    our_sovits = sovits.load_model(sovits_oracle.save_official(net, tmp_path / "voice.pth"))
-    our_hubert = hubert.load_model(hubert_dir)
+    our_sovits = loading.load_model("sovits", sovits_oracle.save_official(net, tmp_path / "voice.pth"))
+    our_hubert = loading.load_model("hubert", hubert_dir)
     for i, (sample_rate, channels, seconds) in enumerate(((44100, 2, 3.4), (16000, 1, 4.1))):
         path = tmp_path / f"ref{i}.wav"
         write_wav(path, voice_like(seconds, sample_rate, channels, seed=i), sample_rate)

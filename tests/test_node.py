@@ -17,7 +17,8 @@ from node_stub import PAUSE, SAMPLE_RATE, RecordingNode, StagedNode, StubSynthes
 
 from dora_primespeech_mlx import main as main_module
 from dora_primespeech_mlx.config import NodeConfig
-from dora_primespeech_mlx.node import NODE_NAME, TTSNode, is_speakable
+from dora_primespeech_mlx.node import TTSNode
+from dora_primespeech_mlx.protocol import NODE_NAME, is_speakable
 
 AUDIO_TYPE = pa.list_(pa.float32())
 
@@ -324,7 +325,9 @@ def test_voice_control_switches_the_default_voice():
                         control("voice:Broken"), text("still maple.")])
     assert [c[2].name for c in engine.calls] == ["Doubao", "Maple", "Maple"]
     changes = [s for s in statuses(node) if s["event"] == "voice_change"]
-    assert [(s["voice"], s["state"]) for s in changes] == [("Maple", "ready"), ("Maple", "error")]
+    assert [(s["voice"], s["state"]) for s in changes] == [("Maple", "ready"), ("Maple", "error"),
+                                                           ("Maple", "error")]
+    assert "unknown voice 'Nobody'" in changes[1]["error"] and "'Broken'" in changes[2]["error"]
     errors = logs(node, "ERROR")
     assert any("unknown voice 'Nobody'" in line for line in errors)
     assert any("'Broken' could not be loaded" in line for line in errors)
@@ -541,3 +544,167 @@ def test_a_heartbeat_status_is_sent_while_busy():
     assert answers(node) == [("audio", None), ("segment_complete", "completed")]
     # heartbeats stop with the work: nothing after the request's status
     assert [s["event"] for s in statuses(node)][-2:] == ["request", "stop"]
+
+
+# ------------------------------------------------------------------- status events (README's contract)
+def test_unknown_voice_control_sends_an_error_status_and_keeps_the_voice():
+    node, engine = run([control("voice:NoSuchVoice"), text("after.")])
+    change, = [s for s in statuses(node) if s["event"] == "voice_change"]
+    assert (change["state"], change["voice"]) == ("error", "Doubao")
+    assert "unknown voice 'NoSuchVoice'" in change["error"]
+    assert any(line.startswith("voice:NoSuchVoice: unknown voice") for line in logs(node, "ERROR"))
+    assert engine.calls[0][2].name == "Doubao"
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    request, = [s for s in statuses(node) if s["event"] == "request"]
+    assert (request["state"], request["error"]) == ("ready", None)
+
+
+def test_a_voice_control_that_fails_to_load_leaves_the_node_ready():
+    node, engine = run([control("voice:Broken"), text("after.")])
+    assert [(s["event"], s["state"], s["voice"]) for s in statuses(node)] == [
+        ("start", "ready", "Doubao"), ("voice_change", "error", "Doubao"), ("request", "ready", "Doubao"),
+        ("stop", "stopped", "Doubao")]
+    assert "'Broken' could not be loaded" in statuses(node)[1]["error"]
+    assert [s["error"] for s in statuses(node)[2:]] == [None, None]
+    assert engine.calls[0][2].name == "Doubao"
+
+
+def test_a_voice_control_without_an_engine_sends_an_error_status():
+    node, _ = run([control("voice:Maple")], engine=None, startup_error="model folder missing")
+    change, = [s for s in statuses(node) if s["event"] == "voice_change"]
+    assert change["state"] == "error" and "model folder missing" in change["error"]
+    assert any(line.startswith("voice:Maple:") for line in logs(node, "ERROR"))
+
+
+def test_a_voice_control_repairs_a_voice_that_failed_at_start():
+    node, engine = run([control("voice:Maple"), text("hello.")], env={"VOICE_NAME": "Broken"})
+    assert [(s["event"], s["state"], s["voice"]) for s in statuses(node)] == [
+        ("start", "error", "Broken"), ("voice_change", "ready", "Maple"), ("request", "ready", "Maple"),
+        ("stop", "stopped", "Maple")]
+    assert statuses(node)[1]["error"] is None
+    assert engine.calls[0][2].name == "Maple" and answers(node)[-1] == ("segment_complete", "completed")
+
+
+def test_a_request_status_follows_every_text_whatever_its_answer():
+    events = [text("a.", question_id="a"), text("b.", question_id="b"), control("cancel"), text("。"),
+              text("RAISE_PS"), text("c.")]
+    node, _ = run(events)
+    finals = [d.to_pylist()[0] for d, _ in node.of("segment_complete") if d.to_pylist()[0] != "skipped"]
+    assert finals == ["cancelled", "cancelled", "empty", "error", "completed"]
+    requests = [s for s in statuses(node) if s["event"] == "request"]
+    assert [s["requests"] for s in requests] == [1, 2, 3, 4, 5]
+    # each text's request status comes after its answer
+    order = [oid if oid != "status" else json.loads(d[0].as_py())["event"] for oid, d, _ in node.sent
+             if oid in ("segment_complete", "status")]
+    assert order[-2:] == ["request", "stop"]
+    assert order.count("request") == 5 and order.index("request") > order.index("segment_complete")
+
+
+def test_the_stop_status_is_sent_even_when_the_loop_is_interrupted():
+    def interrupt(index):
+        raise KeyboardInterrupt
+
+    config, _ = NodeConfig.from_env({})
+    node = RecordingNode([text("one.")])
+    with pytest.raises(KeyboardInterrupt):
+        TTSNode(node, config, StubSynthesizer(on_segment=interrupt)).run()
+    assert [s["event"] for s in statuses(node)] == ["start", "stop"]
+
+
+class SlowLoading(StubSynthesizer):
+    def warmup(self, voice):
+        time.sleep(0.15)
+        super().warmup(voice)
+
+
+def test_heartbeats_while_a_voice_loads_at_start_and_on_a_switch():
+    config, _ = NodeConfig.from_env({})
+    node = RecordingNode([control("voice:Maple")])
+    TTSNode(node, config, SlowLoading(), heartbeat_seconds=0.04).run()
+    events = [(s["event"], s.get("activity")) for s in statuses(node)]
+    start, change = events.index(("start", None)), events.index(("voice_change", None))
+    assert ("heartbeat", "loading voice 'Doubao'") in events[:start]
+    assert ("heartbeat", "loading voice 'Maple'") in events[start:change]
+    assert {e for e, _ in events[change:]} == {"voice_change", "stop"}
+
+
+# -------------------------------------------------------------------------- unspeakable text dropped
+@pytest.mark.parametrize("streaming", [False, True])
+def test_dropped_unspeakable_text_is_a_warning_and_the_rest_is_spoken(streaming):
+    env = {"RETURN_FRAGMENT": "true"} if streaming else {}
+    node, engine = run([text("Привет, world. Two and مرحبا.", question_id="q"), text("plain.")], env=env)
+    warnings = logs(node, "WARNING")
+    assert len(warnings) == 1
+    assert "dropped unspeakable text: 'Привет', 'مرحبا'" in warnings[0] and "'q'" in warnings[0]
+    assert [v for oid, v in answers(node) if oid == "segment_complete"] == ["completed", "completed"]
+    assert len(node.of("audio")) == (3 if streaming else 2)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_a_text_with_nothing_speakable_is_skipped_then_empty(streaming):
+    env = {"RETURN_FRAGMENT": "true"} if streaming else {}
+    node, _ = run([text("Привет!", question_id="q", session_status="s")], env=env)
+    assert answers(node) == [("segment_complete", "skipped"), ("segment_complete", "empty")]
+    assert [m for _, m in node.of("segment_complete")] == [{"question_id": "q", "session_status": "s"}] * 2
+    assert logs(node, "WARNING") == ["dropped unspeakable text: 'Привет' (question 'q'); nothing else to speak: "
+                                     "answered skipped + empty"]
+
+
+# --------------------------------------------------------------- one terminal answer per text
+TERMINAL = ("completed", "error", "cancelled", "empty")
+
+
+def per_text(node):
+    """question_id -> (audio metadata list, segment_complete values), in the order sent."""
+    out: dict = {}
+    for oid, data, meta in node.sent:
+        if oid in ("audio", "segment_complete"):
+            audio, done = out.setdefault(meta["question_id"], ([], []))
+            if oid == "audio":
+                audio.append((data.values.to_numpy(), meta))
+            else:
+                done.append(data.to_pylist()[0])
+    return out
+
+
+@pytest.mark.parametrize("value, answer, pieces", [
+    ("One. Two. Three.", "completed", 3),
+    ("One. Two FAIL_HERE. Three.", "error", 1),
+    ("FAIL_HERE.", "error", 0),
+    ("One. NAN_AUDIO.", "error", 1),
+    ("One. NO_AUDIO.", "completed", 2),  # an empty last piece: a short silent fragment carries the flag
+    ("One. Two. NO_LAST", "error", 3),  # the engine never said which piece was the last
+    ("RAISE_RT", "error", 0),
+    ("EMPTY_ENGINE", "empty", 0),
+])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_each_text_gets_exactly_one_terminal_answer(value, answer, pieces, streaming):
+    env = {"RETURN_FRAGMENT": "true"} if streaming else {}
+    if not streaming and "NO_LAST" in value:
+        answer = "completed"  # `synthesize` returns one whole Result: there is no last piece to miss
+    node, _ = run([text(value, question_id="q"), text("after.", question_id="next")], env=env)
+    texts = per_text(node)
+    assert set(texts) == {"q", "next"}
+    for qid, expected in (("q", answer), ("next", "completed")):
+        audio, done = texts[qid]
+        assert [v for v in done if v in TERMINAL] == [expected] and done[-1] == expected
+        if not streaming:
+            assert len(audio) == (expected == "completed")
+            assert all("is_last_fragment" not in meta for _, meta in audio)
+            continue
+        if qid == "q":
+            assert len(audio) == pieces
+        assert [meta["fragment_index"] for _, meta in audio] == list(range(len(audio)))
+        # is_last_fragment: true only on the final fragment of a completed text
+        flags = [meta["is_last_fragment"] for _, meta in audio]
+        assert flags == [False] * (len(audio) - 1) + [True] if expected == "completed" else not any(flags)
+    if streaming and value == "One. NO_AUDIO.":
+        samples, meta = texts["q"][0][-1]
+        assert not samples.any() and 0 < meta["duration"] <= 0.05
+
+
+def test_a_cancel_after_the_last_fragment_leaves_the_text_completed():
+    node, _, _ = run_staged([text("Only one.", question_id="a"), PAUSE, control("cancel")],
+                            env={"RETURN_FRAGMENT": "true"})
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    assert node.of("audio")[0][1]["is_last_fragment"] is True

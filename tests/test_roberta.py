@@ -3,11 +3,13 @@
 Identical random weights, written as the official `chinese-roberta-wwm-ext-large/pytorch_model.bin`
 (torch.save, fp16, Hugging Face key names, MLM head included) next to the real tokenizer.json, go
 through our converter; upstream loads the folder with its own `text.chinese_bert.load_model`.
-Tolerance: max |ours - upstream| <= 1e-4 x max |upstream| on hidden_states[-3] (float32 on CPU).
+Both of our paths are checked: the pure-MLX model (what every device runs) and the model with the
+CPU accelerator's native twins installed (`cpu.encoders.install`). Tolerance: max |ours - upstream| <= 1e-4 x max |upstream| on hidden_states[-3] (float32 on CPU).
 """
 
 from __future__ import annotations
 
+import gc
 import json
 
 import numpy as np
@@ -15,14 +17,18 @@ import pytest
 from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (loads OpenBLAS before mlx)
+from dora_primespeech_mlx import loading
 from dora_primespeech_mlx.errors import PrimeSpeechError
-from dora_primespeech_mlx.models import kernels, native_ops, panel_ops
 
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
 
+from mlx.utils import tree_flatten  # noqa: E402
+
+from dora_primespeech_mlx.cpu import encoders as cpu_encoders  # noqa: E402
+from dora_primespeech_mlx.cpu import library  # noqa: E402
 from dora_primespeech_mlx.models import roberta  # noqa: E402
-from dora_primespeech_mlx.oracle import encoders as oracle  # noqa: E402
+from primespeech_devtools.oracle import encoders as oracle  # noqa: E402
 
 REL_TOL = 1e-4
 TINY = {"hidden_size": 64, "num_hidden_layers": 5, "num_attention_heads": 4, "intermediate_size": 128}
@@ -76,9 +82,22 @@ def full_folder(upstream):
     return oracle.model_folder("roberta", seed=0)
 
 
+def load(folder, path: str) -> roberta.Model:
+    """The model on one path: "accelerated" (as loaded on this CPU: the native twins installed) or
+    "mlx" (loaded with the CPU kernels switched off: pure MLX, as on every other device)."""
+    library.set_enabled(path != "mlx")
+    try:
+        model = loading.load_model("roberta", folder)
+    finally:
+        library.set_enabled(True)
+    # the native CPU kernels are built and serve this model, unless switched off
+    assert isinstance(model.encoder, cpu_encoders.RobertaEncoder if path == "accelerated" else roberta.Encoder)
+    return model
+
+
 @pytest.fixture(scope="session")
 def full_model(full_folder):
-    return roberta.load_model(full_folder)
+    return load(full_folder, "accelerated")
 
 
 @pytest.fixture(scope="session")
@@ -89,7 +108,6 @@ def tiny_folder(upstream):
 def test_hidden_state_minus_3_matches_upstream(full_folder, full_model):
     tokenizer = roberta.load_tokenizer(full_folder)
     assert len(full_model.encoder.layer) == 22  # hidden_states[-3] of 24 layers
-    assert full_model.native_lengths(1, 8, None) == [8]  # the native CPU kernels are built and serve the full model
     for text in SENTENCES:
         ids = tokenizer.encode(text).ids
         states = oracle.roberta_hidden_states(full_folder, text)
@@ -115,26 +133,43 @@ def test_tokenizer_ids_equal_upstream(full_folder):
     assert converted.encode(CORPUS[3]).ids == tokenizer.encode(CORPUS[3]).ids
 
 
-@pytest.fixture
-def cpu_path(request):
-    """Runs a test on one CPU path: native kernels with packed-weight products ("panels"), native
-    kernels with BLAS products ("native-blas"), or pure MLX ("mlx")."""
-    path = request.param
-    native_ops.set_native_kernels(path != "mlx")
-    panel_ops.set_panel_kernels(path == "panels")
-    yield path
-    native_ops.set_native_kernels(True)
-    panel_ops.set_panel_kernels(True)
+def test_pure_mlx_and_accelerated_models_agree(full_folder, full_model):
+    # The pure-MLX model is what a GPU runs; on this CPU the accelerated one serves. Both must give
+    # upstream's result, and so agree with each other.
+    pure = load(full_folder, "mlx")
+    ids = roberta.load_tokenizer(full_folder).encode(SENTENCES[1]).ids
+    ours = np.array(pure(mx.array([ids])))[0]
+    assert rel_err(ours, oracle.roberta_hidden_states(full_folder, SENTENCES[1])[-3]) <= REL_TOL
+    assert rel_err(np.array(full_model(mx.array([ids])))[0], ours) <= REL_TOL
 
 
-@pytest.mark.parametrize("cpu_path", ["panels", "native-blas", "mlx"], indirect=True)
-def test_padding_mask_matches_single_sentences(tiny_folder, cpu_path):
-    model = roberta.load_model(tiny_folder)
+def parameter_bytes(model) -> int:
+    return sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+
+
+def test_accelerated_model_holds_no_weight_twice(full_folder):
+    # The twins pack the products' weights once and the MLX copies they were packed from are
+    # released: MLX parameters left + packed bytes <= the model's bytes before (float16 panels
+    # where exact are smaller), and MLX's memory drops by what was packed.
+    model = load(full_folder, "mlx")
+    before, active = parameter_bytes(model), mx.get_active_memory()
+    assert cpu_encoders.install(model) and not cpu_encoders.install(model)  # once
+    gc.collect()
+    packed = sum(layer.packed_bytes() for layer in model.encoder.layer)
+    left = parameter_bytes(model)
+    replaced = before - left
+    assert replaced > 0.5 * before  # most of the model is packed
+    assert replaced / 2 <= packed <= replaced  # float16 panels where every value is exact, else float32
+    assert active - mx.get_active_memory() >= before - left
+
+
+@pytest.mark.parametrize("path", ["accelerated", "mlx"])
+def test_padding_mask_matches_single_sentences(tiny_folder, path):
+    model = load(tiny_folder, path)
     tokenizer = roberta.load_tokenizer(tiny_folder)
     a, b = (tokenizer.encode(t).ids for t in ("你好，世界！今天天气很好。", "好的"))
     ids = mx.array([a, b + [0] * (len(a) - len(b))])
     mask = mx.array([[1] * len(a), [1] * len(b) + [0] * (len(a) - len(b))])
-    assert (model.native_lengths(2, len(a), mask) == [len(a), len(b)]) == (cpu_path != "mlx")
     batched = np.array(model(ids, attention_mask=mask))
     np.testing.assert_allclose(batched[0], np.array(model(mx.array(a)))[0], atol=1e-5)
     np.testing.assert_allclose(batched[1, : len(b)], np.array(model(mx.array(b)))[0], atol=1e-5)
@@ -143,31 +178,27 @@ def test_padding_mask_matches_single_sentences(tiny_folder, cpu_path):
     assert rel_err(batched[1, : len(b)], ref) <= REL_TOL
 
 
-def test_only_right_padding_goes_native(tiny_folder):
-    """The native path stacks each row's leading tokens: masks of any other shape stay in MLX."""
-    model = roberta.load_model(tiny_folder)
-    assert model.native_lengths(2, 4, mx.array([[1, 1, 1, 1], [1, 1, 0, 0]])) == [4, 2]
-    assert model.native_lengths(2, 4, mx.array([[1, 1, 1, 1], [0, 0, 1, 1]])) is None  # left padding
-    assert model.native_lengths(1, 4, mx.array([[1, 0, 1, 1]])) is None
-    assert model.native_lengths(2, 4, mx.array([[1, 1, 1, 1], [0, 0, 0, 0]])) is None
+def test_key_masks_of_any_shape_match_pure_mlx(tiny_folder):
+    """The twin stacks the tokens each row keeps (left padding, holes), so every kept position gets
+    the pure-MLX value; the positions a row drops come back as zeros."""
+    pure, fast = load(tiny_folder, "mlx"), load(tiny_folder, "accelerated")
+    ids = mx.array([[101, 872, 1962, 8024, 686, 102], [0, 0, 101, 1962, 4638, 102], [101, 872, 0, 1962, 102, 0]])
+    keep = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1], [1, 1, 0, 1, 1, 0]])
+    expected, got = (np.array(m(ids, attention_mask=mx.array(keep))) for m in (pure, fast))
+    kept = keep.astype(bool)
+    np.testing.assert_allclose(got[kept], expected[kept], atol=1e-5)
+    assert np.abs(expected[kept]).max() > 0.1 and not got[~kept].any()
 
 
-@pytest.mark.parametrize("native", [True, False], ids=["native", "mlx"])
-@pytest.mark.parametrize("lanes", [1, 2])
-def test_cpu_lanes_match_upstream(tiny_folder, lanes, native):
-    # On CPU each layer's products are split by output features over `lanes` threads: native
-    # kernels (models/kernels.py) or MLX streams.
-    model = roberta.load_model(tiny_folder)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_cpu_threads_match_upstream(tiny_folder, threads, monkeypatch):
+    # The twin splits each product by output features and attention by query rows over `threads`
+    # pool threads: any split must give upstream's result.
+    monkeypatch.setattr(cpu_encoders, "pool_threads", lambda: threads)
+    model = load(tiny_folder, "accelerated")
     tokenizer = roberta.load_tokenizer(tiny_folder)
     text = SENTENCES[0]
-    kernels.set_lane_count(lanes)
-    native_ops.set_native_kernels(native)
-    try:
-        assert (model.native_lengths(1, 4, None) is not None) == native
-        ours = np.array(model(mx.array(tokenizer.encode(text).ids)))[0]
-    finally:
-        kernels.set_lane_count(None)
-        native_ops.set_native_kernels(True)
+    ours = np.array(model(mx.array(tokenizer.encode(text).ids)))[0]
     assert rel_err(ours, oracle.roberta_hidden_states(tiny_folder, text)[-3]) <= REL_TOL
 
 
@@ -219,13 +250,13 @@ def test_strict_loading_and_cli(tiny_folder, tmp_path, capsys):
     state["bert.encoder.layer.0.attention.self.rotary.weight"] = np.zeros(4, np.float16)
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, bad / "pytorch_model.bin")
     with pytest.raises(PrimeSpeechError, match="unexpected"):
-        roberta.convert(bad)
+        loading.convert("roberta", bad)
     del state["bert.encoder.layer.0.attention.self.rotary.weight"]
     del state["bert.encoder.layer.2.output.dense.weight"]
     torch.save({k: torch.from_numpy(v) for k, v in state.items()}, bad / "pytorch_model.bin")
     with pytest.raises(PrimeSpeechError, match="missing"):
-        roberta.convert(bad)
+        loading.convert("roberta", bad)
     with pytest.raises(PrimeSpeechError, match="tokenizer.json"):
         roberta.load_tokenizer(bad)
     with pytest.raises(PrimeSpeechError, match="too long"):
-        roberta.load_model(tiny_folder)(mx.zeros((1, 600), dtype=mx.int32))
+        loading.load_model("roberta", tiny_folder)(mx.zeros((1, 600), dtype=mx.int32))

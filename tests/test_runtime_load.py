@@ -1,20 +1,136 @@
-"""The BLAS thread count follows other processes' load: `OtherLoad` counts cores busy with other
+"""Importing the package does nothing but the OpenBLAS dlopen MLX's Linux CPU build needs: no
+environment writes, no /proc sampling, no threads of ours. `runtime.prepare(config)` sets the CPU
+policy at start-up (OpenBLAS threads through its own API, the CPU-kernel switch), and
+`runtime.accelerate(model)` is the CPU accelerator's one dispatch point. Once prepare chose the
+thread count itself, it follows other processes' load: `OtherLoad` counts cores busy with other
 processes' work (not this one's), and `adapt_blas_threads` gives OpenBLAS one thread fewer per such core."""
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
 from dora_primespeech_mlx import runtime
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(code: str, **env: str) -> Any:
+    """Run `code` in a fresh interpreter (no OPENBLAS_NUM_THREADS unless given) and return the JSON
+    it prints last."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_NUM_THREADS", "PRIMESPEECH_NO_OPENBLAS")}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**environ, **env}, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+_IMPORT = """
+import builtins, json, os, threading
+opened = []
+_open = builtins.open
+def spy(file, *args, **kwargs):
+    opened.append(str(file))
+    return _open(file, *args, **kwargs)
+tasks = lambda: len(os.listdir('/proc/self/task'))
+environ, before, python_threads = dict(os.environ), tasks(), threading.active_count()
+builtins.open = spy
+import dora_primespeech_mlx
+from dora_primespeech_mlx import runtime
+builtins.open = _open
+print(json.dumps({"environ_same": dict(os.environ) == environ, "new_tasks": tasks() - before,
+                  "new_python_threads": threading.active_count() - python_threads,
+                  "blas_threads": runtime.blas_thread_count(), "openblas": runtime._OPENBLAS_STATE["path"],
+                  "proc_reads": [f for f in opened if f.startswith("/proc/") and f != "/proc/cpuinfo"]}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="counts /proc/self/task")
+@pytest.mark.parametrize("blas_env", [{}, {"OPENBLAS_NUM_THREADS": "1"}], ids=["auto", "one-thread"])
+def test_importing_the_package_has_no_side_effect(blas_env):
+    seen = _run(_IMPORT, **blas_env)
+    assert seen["environ_same"]
+    assert seen["proc_reads"] == []
+    assert seen["new_python_threads"] == 0
+    if blas_env:  # OpenBLAS loaded for one thread starts none of its own: nothing else may
+        assert seen["new_tasks"] == 0
+
+
+_PREPARE = """
+import json, os, types
+import dora_primespeech_mlx
+from dora_primespeech_mlx import runtime
+environ = dict(os.environ)
+runtime.prepare(types.SimpleNamespace(cpu_kernels=os.environ["KERNELS"]))
+library = __import__("sys").modules.get("dora_primespeech_mlx.cpu.library")
+print(json.dumps({"environ_same": dict(os.environ) == environ, "threads": runtime.blas_thread_count(),
+                  "cores": len(runtime.usable_cores()), "status": runtime.openblas_status(),
+                  "kernels": None if library is None else library.enabled()}))
+"""
+
+
+@pytest.mark.skipif(runtime.blas_thread_count() is None, reason="MLX does not use OpenBLAS here")
+def test_prepare_sets_the_blas_threads_through_openblas():
+    seen = _run(_PREPARE, KERNELS="auto")
+    assert seen["environ_same"] and 1 <= seen["threads"] <= seen["cores"]
+    assert "auto" in seen["status"]
+    assert seen["kernels"] is None  # on by default: the accelerator is not even imported
+    explicit = _run(_PREPARE, KERNELS="auto", OPENBLAS_NUM_THREADS="1")
+    assert explicit["environ_same"] and explicit["threads"] == 1 and "OPENBLAS_NUM_THREADS" in explicit["status"]
+
+
+def test_prepare_switches_the_cpu_kernels_off():
+    seen = _run(_PREPARE, KERNELS="off", OPENBLAS_NUM_THREADS="1")
+    assert seen["kernels"] is False
+
+
+def test_prepare_takes_a_config_without_the_field(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(runtime.blas_thread_count() or 1))
+    runtime.prepare(SimpleNamespace())
+
+
+_ACCELERATE = """
+import json, sys
+import dora_primespeech_mlx
+from dora_primespeech_mlx import runtime
+import mlx.core as mx
+mx.default_device = lambda: mx.gpu  # as on Metal or CUDA
+model = object()
+same = runtime.accelerate(model) is model
+print(json.dumps({"same": same, "imported": [m for m in sys.modules if m.startswith("dora_primespeech_mlx.cpu")]}))
+"""
+
+
+def test_accelerate_off_the_cpu_never_imports_the_accelerator():
+    seen = _run(_ACCELERATE, OPENBLAS_NUM_THREADS="1")
+    assert seen == {"same": True, "imported": []}
+
+
+def test_accelerate_with_the_switch_off_leaves_the_model(monkeypatch):
+    from dora_primespeech_mlx.cpu import library
+
+    calls = []
+    monkeypatch.setattr("dora_primespeech_mlx.cpu.accelerate", lambda model: calls.append(model) or model)
+    model = object()
+    library.set_enabled(False)
+    try:
+        assert runtime.accelerate(model) is model and not calls
+    finally:
+        library.set_enabled(True)
+    import mlx.core as mx
+
+    if mx.default_device() == mx.cpu:
+        assert runtime.accelerate(model) is model and calls == [model]
 
 
 def _settle(monitor: runtime.OtherLoad, seconds: float) -> float:
@@ -24,6 +140,7 @@ def _settle(monitor: runtime.OtherLoad, seconds: float) -> float:
     return value
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_other_processes_count_and_this_one_does_not():
     monitor = runtime.OtherLoad(period=0.1, smoothing=0.5)
     assert monitor.cores_busy() is None  # no sample yet: the thread has just started
@@ -75,6 +192,26 @@ def test_adapt_blas_threads_follows_the_load(monkeypatch):
         runtime._openblas_thread_api()[1](before)
 
 
+def test_the_load_sampler_starts_only_after_prepare_chose_the_threads():
+    """No sampling thread unless prepare() set the thread count itself (auto): the engine's calls
+    to adapt_blas_threads do nothing before that, or where OPENBLAS_NUM_THREADS was given."""
+    code = """
+import json, os, threading, types
+import dora_primespeech_mlx
+from dora_primespeech_mlx import runtime
+counts = [threading.active_count()]
+runtime.adapt_blas_threads()
+counts.append(threading.active_count())
+runtime.prepare(types.SimpleNamespace(cpu_kernels="auto"))
+runtime.adapt_blas_threads()
+counts.append(threading.active_count())
+print(json.dumps(counts))
+"""
+    assert _run(code, OPENBLAS_NUM_THREADS="1") == [1, 1, 1]
+    if runtime.blas_thread_count() is not None and sys.platform.startswith("linux"):
+        assert _run(code) == [1, 1, 2]
+
+
 class _FakeOpenBLAS:
     def __init__(self, config: bytes):
         self.openblas_get_config = lambda: config
@@ -92,3 +229,21 @@ def test_an_openblas_built_for_avx512_alone_is_skipped_without_avx512(monkeypatc
     assert (reason is None) == usable
     if not usable:
         assert "SKYLAKEX" in reason and "AVX-512" in reason
+
+
+@pytest.mark.parametrize("cuda, preset, expected", [
+    (True, None, runtime.CUDA_CONV_CACHE_SIZE),  # CUDA: room for a streamed utterance's plans
+    (True, "64", "64"),  # the user's own setting stays
+    (False, None, None),  # Metal and the CPU: the environment is left alone
+])
+def test_prepare_sizes_the_cuda_convolution_plan_cache(monkeypatch, cuda, preset, expected):
+    import mlx.core as mx
+
+    monkeypatch.setattr(mx, "cuda", SimpleNamespace(is_available=lambda: cuda), raising=False)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(runtime.blas_thread_count() or 1))
+    if preset is None:
+        monkeypatch.delenv("MLX_CUDA_CONV_CACHE_SIZE", raising=False)
+    else:
+        monkeypatch.setenv("MLX_CUDA_CONV_CACHE_SIZE", preset)
+    runtime.prepare(SimpleNamespace(cpu_kernels="auto"))
+    assert os.environ.get("MLX_CUDA_CONV_CACHE_SIZE") == expected

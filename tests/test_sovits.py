@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS preload before MLX)
+from dora_primespeech_mlx import loading
 from dora_primespeech_mlx.errors import PrimeSpeechError
 
 WAVE_TOL = 1e-4  # max abs waveform difference, float32, noise_scale 0 (the waveform std is ~0.15-0.3)
@@ -21,7 +22,7 @@ GE_TOL = 1e-4  # max abs difference of the style vector
 def oracle(upstream):
     import torch
 
-    from dora_primespeech_mlx.oracle import sovits
+    from primespeech_devtools.oracle import sovits
 
     # One intra-op thread: on a busy 2-core machine PyTorch's OpenMP barriers make 2 threads 10x slower.
     torch.set_num_threads(1)
@@ -30,17 +31,34 @@ def oracle(upstream):
 
 @pytest.fixture(scope="session")
 def models(oracle, tmp_path_factory):
-    """(upstream net, our model) per (version, small) — built lazily, shared by the tests."""
-    from dora_primespeech_mlx.models import sovits
+    """(upstream net, our model) per (version, small, kernels) — built lazily, shared by the tests.
+    `kernels`: None loads as the engine does (on the CPU, with the accelerator's native generator
+    where the CPU kernels are built), False with the CPU kernels switched off (pure MLX, as on a
+    GPU), True requires the native generator (skips where the kernels are not built)."""
+    from dora_primespeech_mlx.cpu import library, vocoder
 
     cache = {}
+    paths = {}
 
-    def get(version: str, small: bool = True):
-        key = (version, small)
+    def get(version: str, small: bool = True, kernels: bool | None = None):
+        key = (version, small, kernels)
         if key not in cache:
-            net = oracle.shared_upstream(version, small=small)
-            path = oracle.save_official(net, tmp_path_factory.mktemp("sovits") / f"{version}.pth")
-            cache[key] = (net, sovits.load_model(path))
+            if (version, small) not in paths:
+                net = oracle.shared_upstream(version, small=small)
+                paths[version, small] = net, oracle.save_official(
+                    net, tmp_path_factory.mktemp("sovits") / f"{version}.pth")
+            net, path = paths[version, small]
+            switched_on = library.enabled()
+            library.set_enabled(kernels is not False and switched_on)
+            try:
+                model = loading.load_model("sovits", path)
+            finally:
+                library.set_enabled(switched_on)
+            if kernels and not isinstance(model.dec, vocoder.NativeGenerator):
+                pytest.skip("the CPU kernels are not built or switched off here")
+            if kernels is False:
+                assert not isinstance(model.dec, vocoder.NativeGenerator)
+            cache[key] = (net, model)
         return cache[key]
 
     return get
@@ -87,8 +105,9 @@ def test_decode_matches_upstream(models, oracle, version, case):
     ("v2", (5, 4, 1.25, (30, 44))),
     ("v1", (6, 7, 0.8, (33,))),
 ], ids=["v2-speed1", "v2-speed1.25-2refs", "v1-speed0.8"])
-def test_decode_matches_upstream_full_config(models, oracle, version, case):
-    net, model = models(version, small=False)
+@pytest.mark.parametrize("kernels", [False, True], ids=["mlx", "cpu-kernels"])
+def test_decode_matches_upstream_full_config(models, oracle, version, case, kernels):
+    net, model = models(version, small=False, kernels=kernels)
     assert model.args.upsample_initial_channel == 512 and model.args.filter_channels == 768
     n_codes, n_phones, speed, frames = case
     codes, phones, specs = _inputs(7 + n_codes, n_codes, n_phones, frames, model.args.n_symbols)
@@ -172,16 +191,15 @@ def test_trap_conv_post_has_no_bias(models, oracle, tmp_path):
     """conv_post has no bias upstream; a checkpoint that carries one is refused (strict loading)."""
     import torch
 
-    from dora_primespeech_mlx.models import sovits
 
-    net, model = models("v2")
+    net, model = models("v2", kernels=False)  # the MLX generator (the native one packs conv_post)
     assert "dec.conv_post.bias" not in net.state_dict()
     assert "bias" not in model.dec.conv_post
     weights = oracle.state_dict_fp16(net)
     weights["dec.conv_post.bias"] = torch.zeros(1, dtype=torch.float16)
     path = oracle.save_official(net, tmp_path / "with_bias.pth", weights=weights)
     with pytest.raises(PrimeSpeechError, match="unexpected 1 .*dec.conv_post.bias"):
-        sovits.load_model(path)
+        loading.load_model("sovits", path)
 
 
 def test_trap_conv_transpose_weight_norm_axis(models):
@@ -191,7 +209,7 @@ def test_trap_conv_transpose_weight_norm_axis(models):
 
     from dora_primespeech_mlx.models.sovits import Model
 
-    net, model = models("v2")
+    net, model = models("v2", kernels=False)  # the MLX generator's weights (the native one packs them)
     up = net.dec.ups[1]
     g, v = up.weight_g.detach(), up.weight_v.detach()
     assert g.shape == (v.shape[0], 1, 1) and v.shape[0] == 2 * v.shape[1]  # [in, 1, 1], in = 2 * out

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS preload before MLX)
+from dora_primespeech_mlx import loading
 from dora_primespeech_mlx.errors import PrimeSpeechError
 
 WAVE_TOL = 1e-4  # max abs waveform difference to upstream, noise_scale 0
@@ -19,7 +20,7 @@ WAVE_TOL = 1e-4  # max abs waveform difference to upstream, noise_scale 0
 def oracle(upstream):
     import torch
 
-    from dora_primespeech_mlx.oracle import sovits
+    from primespeech_devtools.oracle import sovits
 
     torch.set_num_threads(1)  # see tests/test_sovits.py
     return sovits
@@ -68,7 +69,6 @@ def test_official_file_layout(oracle, net_v2, tmp_path):
 @pytest.mark.parametrize("form", ["old", "new", "fused"])
 def test_weight_norm_forms(oracle, net_v2, tmp_path, form):
     from dora_primespeech_mlx.checkpoint import load_checkpoint
-    from dora_primespeech_mlx.models import sovits
 
     path = oracle.save_official(net_v2, tmp_path / f"{form}.pth", weight_norm=form)
     keys = set(load_checkpoint(path).data["weight"])
@@ -76,8 +76,8 @@ def test_weight_norm_forms(oracle, net_v2, tmp_path, form):
               "fused": "dec.ups.0.weight"}[form]
     assert marker in keys
     reference_path = oracle.save_official(net_v2, tmp_path / "reference.pth", weight_norm="old")
-    ours = _weights(sovits.convert(path, tmp_path / f"{form}.mlx"))
-    old = _weights(sovits.convert(reference_path, tmp_path / "reference.mlx"))
+    ours = _weights(loading.convert("sovits", path, tmp_path / f"{form}.mlx"))
+    old = _weights(loading.convert("sovits", reference_path, tmp_path / "reference.mlx"))
     assert set(ours) == set(old)
     for key, value in old.items():
         if form == "fused":  # fused then stored in fp16: equal up to fp16 rounding
@@ -85,7 +85,7 @@ def test_weight_norm_forms(oracle, net_v2, tmp_path, form):
         else:
             np.testing.assert_array_equal(ours[key], value, err_msg=key)
     codes, phones, spec = _inputs()
-    model = sovits.load_model(tmp_path / f"{form}.mlx")
+    model = loading.load_model("sovits", tmp_path / f"{form}.mlx")
     ref = oracle.upstream_decode(net_v2, codes, phones, spec)
     tol = WAVE_TOL if form != "fused" else 5e-3  # fused weights were rounded to fp16 after fusing (seen: 1.4e-3)
     assert np.abs(model.decode(codes, phones, spec, noise_scale=0.0) - ref).max() <= tol
@@ -93,13 +93,12 @@ def test_weight_norm_forms(oracle, net_v2, tmp_path, form):
 
 @pytest.mark.parametrize("header,version", [(None, "v1"), ("v1", "v1"), (None, "v2"), ("v2", "v2")])
 def test_supported_headers(oracle, net_v1, net_v2, tmp_path, header, version):
-    from dora_primespeech_mlx.models import sovits
 
     net = net_v1 if version == "v1" else net_v2
     path = oracle.save_official(net, tmp_path / "voice.pth", header=header)
     if header:
         assert path.read_bytes()[:2] == oracle.HEADERS[header]
-    model = sovits.load_model(path)
+    model = loading.load_model("sovits", path)
     assert model.version == version
     codes, phones, spec = _inputs(1)
     ref = oracle.upstream_decode(net, codes, phones, spec)
@@ -108,11 +107,10 @@ def test_supported_headers(oracle, net_v1, net_v2, tmp_path, header, version):
 
 @pytest.mark.parametrize("header", ["v3", "v3-lora", "v4-lora", "v2Pro", "v2ProPlus"])
 def test_newer_headers_refused(oracle, net_v2, tmp_path, header):
-    from dora_primespeech_mlx.models import sovits
 
     path = oracle.save_official(net_v2, tmp_path / "voice.pth", header=header)
     with pytest.raises(PrimeSpeechError, match=f"GPT-SoVITS {header} .*only v1 and v2"):
-        sovits.load_model(path)
+        loading.load_model("sovits", path)
     assert not (tmp_path / "voice.mlx").exists()
 
 
@@ -136,62 +134,58 @@ def v2pro_weights(oracle):
 def test_v2pro_refused_by_keys_and_config(oracle, v2pro_weights, tmp_path):
     import torch
 
-    from dora_primespeech_mlx.models import sovits
 
     weights, hps = v2pro_weights
     plain = oracle.save_official(None, tmp_path / "pro.pth", weights=weights, version="v2Pro", hps=hps)
     with pytest.raises(PrimeSpeechError, match="v2Pro .*speaker-verification"):
-        sovits.load_model(plain)
+        loading.load_model("sovits", plain)
     # Config silent: told apart from v2ProPlus by the generator width (768 for v2ProPlus).
     no_version = oracle.save_official(None, tmp_path / "pro2.pth", weights=weights, hps=hps)
     with pytest.raises(PrimeSpeechError, match="GPT-SoVITS v2Pro "):
-        sovits.load_model(no_version)
+        loading.load_model("sovits", no_version)
     weights = dict(weights)
     weights["dec.conv_pre.weight"] = torch.zeros(768, 192, 7, dtype=torch.float16)
     plus = oracle.save_official(None, tmp_path / "plus.pth", weights=weights, hps=hps)
     with pytest.raises(PrimeSpeechError, match="GPT-SoVITS v2ProPlus "):
-        sovits.load_model(plus)
+        loading.load_model("sovits", plus)
 
 
 def test_v3_v4_refused(oracle, net_v2, tmp_path):
     import torch
 
-    from dora_primespeech_mlx.models import sovits
 
     weights = oracle.state_dict_fp16(net_v2)
     weights["cfm.estimator.proj_in.weight"] = torch.zeros(8, 8, dtype=torch.float16)
     path = oracle.save_official(None, tmp_path / "v4.pth", weights=weights, version="v4")
     with pytest.raises(PrimeSpeechError, match="GPT-SoVITS v4 .*CFM"):
-        sovits.load_model(path)
+        loading.load_model("sovits", path)
     path = oracle.save_official(net_v2, tmp_path / "cfgv3.pth", version="v3")
     with pytest.raises(PrimeSpeechError, match="GPT-SoVITS v3 "):
-        sovits.load_model(path)
+        loading.load_model("sovits", path)
 
 
 def test_strict_and_training_keys(oracle, net_v2, tmp_path):
     import torch
 
-    from dora_primespeech_mlx.models import sovits
 
     weights = oracle.state_dict_fp16(net_v2)
     extra = dict(weights)
     extra["enc_q.pre.weight"] = torch.zeros(192, 1025, 1, dtype=torch.float16)  # training only: dropped
-    model = sovits.load_model(oracle.save_official(net_v2, tmp_path / "extra.pth", weights=extra))
+    model = loading.load_model("sovits", oracle.save_official(net_v2, tmp_path / "extra.pth", weights=extra))
     assert model.version == "v2"
     missing = {k: v for k, v in weights.items() if k != "enc_p.proj.weight"}
     with pytest.raises(PrimeSpeechError, match="missing 1 .*enc_p.proj.weight"):
-        sovits.load_model(oracle.save_official(net_v2, tmp_path / "missing.pth", weights=missing))
+        loading.load_model("sovits", oracle.save_official(net_v2, tmp_path / "missing.pth", weights=missing))
     half_pair = {k: v for k, v in weights.items() if k != "dec.ups.2.weight_v"}
     with pytest.raises(PrimeSpeechError, match="incomplete weight-norm pair at dec.ups.2"):
-        sovits.load_model(oracle.save_official(net_v2, tmp_path / "half.pth", weights=half_pair))
+        loading.load_model("sovits", oracle.save_official(net_v2, tmp_path / "half.pth", weights=half_pair))
     odd = {k: v for k, v in weights.items() if not k.startswith("enc_p.text_embedding")}
     with pytest.raises(PrimeSpeechError, match="not a GPT-SoVITS v1/v2 SoVITS checkpoint"):
-        sovits.load_model(oracle.save_official(net_v2, tmp_path / "odd.pth", weights=odd))
+        loading.load_model("sovits", oracle.save_official(net_v2, tmp_path / "odd.pth", weights=odd))
 
 
 def test_cli_convert_and_cache(oracle, net_v2, tmp_path):
     from dora_primespeech_mlx import cli
-    from dora_primespeech_mlx.models import sovits
 
     path = oracle.save_official(net_v2, tmp_path / "voice.pth")
     out = tmp_path / "converted"
@@ -199,19 +193,19 @@ def test_cli_convert_and_cache(oracle, net_v2, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["version"] == "v2" and config["filter_channels"] == 256
     assert config["conversion"]["kind"] == "sovits"
-    from_folder = sovits.load_model(out)
+    from_folder = loading.load_model("sovits", out)
     codes, phones, spec = _inputs(2)
     ref = oracle.upstream_decode(net_v2, codes, phones, spec)
     assert np.abs(from_folder.decode(codes, phones, spec, noise_scale=0.0) - ref).max() <= WAVE_TOL
     # load_model on the .pth converts once beside it and then reuses the cache
-    sovits.load_model(path)
+    loading.load_model("sovits", path)
     cached = tmp_path / "voice.mlx" / "model.safetensors"
     stamp = cached.stat().st_mtime_ns
-    sovits.load_model(path)
+    loading.load_model("sovits", path)
     assert cached.stat().st_mtime_ns == stamp
     with pytest.raises(PrimeSpeechError, match="not found"):
-        sovits.load_model(tmp_path / "absent.pth")
+        loading.load_model("sovits", tmp_path / "absent.pth")
     junk = tmp_path / "junk.pth"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(PrimeSpeechError):
-        sovits.load_model(junk)
+        loading.load_model("sovits", junk)

@@ -13,7 +13,7 @@ import pytest
 from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS preload before MLX)
-from dora_primespeech_mlx import sola
+from dora_primespeech_mlx import loading, sola
 from dora_primespeech_mlx.errors import PrimeSpeechError
 
 STREAM_TOL = 1e-4  # audio and latent: max abs difference relative to upstream's peak (float32)
@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 @pytest.fixture(scope="module")
 def oracle(upstream):
-    from dora_primespeech_mlx.oracle import sovits
+    from primespeech_devtools.oracle import sovits
 
     return sovits
 
@@ -32,7 +32,6 @@ def oracle(upstream):
 @pytest.fixture(scope="module")
 def models(oracle, tmp_path_factory):
     """(upstream net, our model) per (version, small), built lazily and shared."""
-    from dora_primespeech_mlx.models import sovits
 
     cache = {}
 
@@ -40,7 +39,7 @@ def models(oracle, tmp_path_factory):
         if (version, small) not in cache:
             net = oracle.shared_upstream(version, small=small)
             path = oracle.save_official(net, tmp_path_factory.mktemp("sovits") / f"{version}.pth")
-            cache[version, small] = (net, sovits.load_model(path))
+            cache[version, small] = (net, loading.load_model("sovits", path))
         return cache[version, small]
 
     return get

@@ -46,7 +46,7 @@ def texts() -> list[str]:
 
 @pytest.fixture(scope="module")
 def oracle(upstream):
-    from dora_primespeech_mlx.oracle.text_en import upstream_prepare_segments, upstream_segmentation
+    from primespeech_devtools.oracle.text_en import upstream_prepare_segments, upstream_segmentation
 
     return upstream_segmentation()[0], upstream_prepare_segments
 

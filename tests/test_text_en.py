@@ -44,7 +44,7 @@ def tagger():
 
 @pytest.fixture(scope="module")
 def upstream_results(upstream, tagger):
-    from dora_primespeech_mlx.oracle.text_en import upstream_clean_text
+    from primespeech_devtools.oracle.text_en import upstream_clean_text
 
     texts = _corpus()
     return texts, upstream_clean_text(texts, "en", "v2", pos_tag=tagger)
@@ -65,7 +65,7 @@ def test_corpus_agreement(upstream_results):
 
 
 def test_normalisation_edge_cases(upstream):
-    from dora_primespeech_mlx.oracle.text_en import upstream_english
+    from primespeech_devtools.oracle.text_en import upstream_english
 
     upstream_english()
     from text.en_normalization.expend import normalize as up_normalize
@@ -79,7 +79,7 @@ def test_normalisation_edge_cases(upstream):
 
 
 def test_dictionary_equals_upstream(upstream):
-    from dora_primespeech_mlx.oracle.text_en import (
+    from primespeech_devtools.oracle.text_en import (
         reachable,
         upstream_dictionary,
         upstream_names,
@@ -101,7 +101,7 @@ def test_dictionary_equals_upstream(upstream):
 
 
 def test_seq2seq_equals_upstream(upstream):
-    from dora_primespeech_mlx.oracle.text_en import upstream_english
+    from primespeech_devtools.oracle.text_en import upstream_english
 
     up = upstream_english()._g2p
     ours = english.Seq2SeqG2P(english._g2p_en_dir() / "checkpoint20.npz")

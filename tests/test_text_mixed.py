@@ -133,7 +133,7 @@ def upstream_preprocessor(upstream):
 
     import torch
 
-    from dora_primespeech_mlx.oracle.text_en import upstream_segmentation
+    from primespeech_devtools.oracle.text_en import upstream_segmentation
 
     _, cls = upstream_segmentation()
     segmenter = sys.modules["text.LangSegmenter"].LangSegmenter

@@ -49,7 +49,7 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="session")
 def g2pw_dir(tmp_path_factory, upstream) -> str:
-    from dora_primespeech_mlx.oracle.text_zh import write_test_g2pw_dir
+    from primespeech_devtools.oracle.text_zh import write_test_g2pw_dir
 
     return write_test_g2pw_dir(str(tmp_path_factory.mktemp("g2pw") / "G2PWModel"))
 
@@ -57,7 +57,7 @@ def g2pw_dir(tmp_path_factory, upstream) -> str:
 @pytest.fixture(scope="session")
 def reference(corpus, g2pw_dir) -> dict:
     """Upstream answers: v2 and v1 on the corpus, g2pW path on a subset (started together)."""
-    from dora_primespeech_mlx.oracle import text_zh
+    from primespeech_devtools.oracle import text_zh
 
     pending = {
         "v2": text_zh.start_upstream_zh(corpus, "v2"),
@@ -70,7 +70,7 @@ def reference(corpus, g2pw_dir) -> dict:
 
 @pytest.fixture(scope="session")
 def fake_g2pw(g2pw_dir) -> G2PW:
-    from dora_primespeech_mlx.oracle.text_zh import FakeG2PWSession, upstream_s2tw, upstream_tokenizer_file
+    from primespeech_devtools.oracle.text_zh import FakeG2PWSession, upstream_s2tw, upstream_tokenizer_file
 
     return G2PW(g2pw_dir, upstream_tokenizer_file(), session=FakeG2PWSession(), to_traditional=upstream_s2tw())
 
@@ -138,7 +138,7 @@ def test_search_cut_follows_jieba_fast_on_unknown_characters():
 def test_g2pw_preprocessing_matches_upstream(reference, fake_g2pw):
     """Queries, context windows, pypinyin/monophonic readings, BERT feeds and the readings picked
     from the (fake) model outputs: identical to upstream's converter on the same inputs."""
-    from dora_primespeech_mlx.oracle.text_zh import upstream_s2tw
+    from primespeech_devtools.oracle.text_zh import upstream_s2tw
 
     ref = reference["g2pw"]
     segments = ref["segments"]
@@ -167,7 +167,7 @@ def test_g2pw_path_matches_upstream(corpus, reference, fake_g2pw):
 
 
 def test_g2pw_corrections_table():
-    from dora_primespeech_mlx.oracle.text_zh import _read_pp_dict
+    from primespeech_devtools.oracle.text_zh import _read_pp_dict
 
     table = _read_pp_dict()
     assert len(table) > 40000
@@ -187,7 +187,7 @@ def test_load_g2pw_falls_back_to_pypinyin(tmp_path, caplog, g2pw_dir, monkeypatc
     caplog.clear()
     assert load_g2pw(tmp_path) is None  # no tokenizer.json anywhere
     assert "tokenizer" in caplog.text
-    from dora_primespeech_mlx.oracle.text_zh import upstream_tokenizer_file
+    from primespeech_devtools.oracle.text_zh import upstream_tokenizer_file
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     monkeypatch.setitem(sys.modules, "opencc", None)

@@ -1,13 +1,13 @@
-"""The vocoder's native direct convolution (native/encoder_kernels.c `ps_vconv`) against PyTorch in
-float64, and the native CPU path of the HiFi-GAN generator against upstream's `Generator` and our
-pure-MLX path.
+"""The vocoder's native direct convolution (cpu/native/vocoder.c `ps_vconv`, through cpu/ops.py's
+`PackedConv` / `PackedTransposed`) against PyTorch in float64, and the HiFi-GAN generator's native
+twin (cpu/vocoder.py) against upstream's `Generator` and our pure-MLX one.
 
 The convolution cases cover every channel count the decoder uses (16..512), kernels 1..11,
 dilations 1..5, odd lengths and lengths shorter than the kernel's span, with and without the fused
 leaky ReLUs, bias, residual and running sum, in place and over several threads. The generator cases
 load upstream's random weights from an official `.pth` through our converter: the full s2.json
 generator (every stage native) and the reduced test config (its 8- and 4-channel stages fall back to
-MLX).
+MLX). After the swap no weight is held twice.
 """
 
 from __future__ import annotations
@@ -19,7 +19,11 @@ import pytest
 from parity import rel_err
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS preload before MLX)
-from dora_primespeech_mlx.models import hifigan, native_ops
+from dora_primespeech_mlx import loading
+from dora_primespeech_mlx.cpu import ops as native_ops
+from dora_primespeech_mlx.cpu import vocoder
+from dora_primespeech_mlx.cpu.ops import PackedConv, PackedTransposed
+from dora_primespeech_mlx.models import hifigan
 
 mx = pytest.importorskip("mlx.core")
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux CPU kernels")
@@ -34,7 +38,7 @@ def native():
     native_ops.set_native_kernels(True)
     if native_ops.native_kernels() is None:
         pytest.fail("the native kernels are not loaded: pip install -e . builds "
-                    "dora_primespeech_mlx/native/_encoder_kernels*.so (needs a C compiler)")
+                    "dora_primespeech_mlx/cpu/_kernels*.so (needs a C compiler)")
 
 
 @pytest.fixture(scope="module")
@@ -92,24 +96,25 @@ def test_conv_matches_torch(torch, level, channels):
         w = (rng.standard_normal((channels, k, channels)) / np.sqrt(k * channels)).astype(np.float32)
         bias = (rng.standard_normal(channels) * 0.1).astype(np.float32)
         residual = rng.standard_normal((t, channels)).astype(np.float32)
-        packed = native_ops.native_vconv_pack(w)
+        conv = PackedConv.pack(w, bias, dilation=d)
         pad = d * (k - 1) // 2
+        assert (conv.cout, conv.kernel, conv.cin, conv.dilation, conv.padding) == (channels, k, channels, d, pad)
         threads = 1 + i % 3
         # c1 of a ResBlock: leaky ReLU in and out, bias, no residual
         out = np.empty((t, channels), np.float32)
-        native_ops.native_vconv(out, x, packed, bias, k, dilation=d, slope_in=0.1, slope_out=0.1, threads=threads)
+        conv(out, x, slope_in=0.1, slope_out=0.1, threads=threads)
         assert rel_err(out, reference(torch, x, w, bias, k, d, pad, slope_in=0.1, slope_out=0.1)) < CONV_TOL
         # c2: residual, computed in place over the residual
         out = residual.copy()
-        native_ops.native_vconv(out, x, packed, bias, k, dilation=d, residual=out, threads=threads)
+        conv(out, x, residual=out, threads=threads)
         assert rel_err(out, reference(torch, x, w, bias, k, d, pad, residual)) < CONV_TOL
         # the stage mean's last step: (total + conv + residual) * scale in place over total, no bias,
         # an off-centre padding
         total = rng.standard_normal((t, channels)).astype(np.float32)
         out = total.copy()
         pad = (k - 1) * d
-        native_ops.native_vconv(out, x, packed, None, k, dilation=d, padding=pad, residual=residual, total=out,
-                                scale=1.0 / 3, slope_in=0.2, threads=threads)
+        PackedConv.pack(w, None, dilation=d, padding=pad)(out, x, residual=residual, total=out, scale=1.0 / 3,
+                                                          slope_in=0.2, threads=threads)
         expected = reference(torch, x, w, None, k, d, pad, residual, slope_in=0.2, total=total, scale=1.0 / 3)
         assert rel_err(out, expected) < CONV_TOL
 
@@ -123,8 +128,7 @@ def test_conv_other_widths(torch, level):
         w = (rng.standard_normal((cout, k, cin)) / np.sqrt(k * cin)).astype(np.float32)
         bias = rng.standard_normal(cout).astype(np.float32)
         out = np.empty((t, cout), np.float32)
-        native_ops.native_vconv(out, x, native_ops.native_vconv_pack(w), bias, k, dilation=d, slope_out=0.1,
-                                threads=5)
+        PackedConv.pack(w, bias, dilation=d)(out, x, slope_out=0.1, threads=5)
         assert rel_err(out, reference(torch, x, w, bias, k, d, d * (k - 1) // 2, slope_out=0.1)) < CONV_TOL
 
 
@@ -141,9 +145,9 @@ def test_transposed_conv_matches_torch(torch, cin, cout, kernel, stride):
         x = (rng.standard_normal((t, cin)) * 2).astype(np.float32)
         w = (rng.standard_normal((cout, kernel, cin)) / np.sqrt(cin)).astype(np.float32)  # MLX layout
         bias = (rng.standard_normal(cout) * 0.1).astype(np.float32)
-        packed, tiled = native_ops.native_transposed_pack(w, bias, stride)
-        work = np.empty((t + kernel) * stride * cout, np.float32)
-        y = native_ops.native_transposed(x, packed, tiled, kernel, stride, padding, work, slope_in=0.1, threads=2)
+        up = PackedTransposed.pack(w, bias, stride=stride, padding=padding)
+        work = np.empty(up.work_size(t), np.float32)
+        y = up(x, work, slope_in=0.1, threads=2)
         xt = F.leaky_relu(torch.from_numpy(x.astype(np.float64)).T[None], 0.1)
         expected = F.conv_transpose1d(xt, torch.from_numpy(w.transpose(2, 0, 1).astype(np.float64)),
                                       torch.from_numpy(bias.astype(np.float64)), stride=stride, padding=padding)
@@ -152,7 +156,8 @@ def test_transposed_conv_matches_torch(torch, cin, cout, kernel, stride):
 
 
 def test_conv_refuses_bad_arguments():
-    """-2 from the library (nothing written, no crash) and a ValueError from the wrappers."""
+    """-2 from the library (nothing written, no crash) and a ValueError from the wrappers, which
+    also refuse inputs, outputs and work buffers of other shapes than the packed convolution's."""
     lib = native_ops.native_kernels()
     x = np.ones((10, 24), np.float32)
     w = np.ones((24, 3, 24), np.float32)
@@ -170,20 +175,28 @@ def test_conv_refuses_bad_arguments():
     assert (out == 7.0).all()
     assert lib.ps_vconv_pack(out.ctypes.data, w.ctypes.data, 24, 3, 24) == -2
     with pytest.raises(ValueError, match="unsupported"):
-        native_ops.native_vconv_pack(w)
+        PackedConv.pack(w)
     with pytest.raises(ValueError, match="unsupported"):  # stride 3 x 8 outputs: 24 columns
-        native_ops.native_transposed_pack(np.ones((8, 5, 4), np.float32), None, 3)
+        PackedTransposed.pack(np.ones((8, 5, 4), np.float32), None, stride=3, padding=1)
+    conv = PackedConv.pack(np.ones((16, 3, 16), np.float32))
+    y = np.zeros((10, 16), np.float32)
     with pytest.raises(ValueError, match="overlap"):
-        y = np.zeros((10, 16), np.float32)
-        native_ops.native_vconv(y, y, np.zeros(16 * 3 * 16, np.float32), None, 3)
-    assert not hifigan.ResBlock1(24, 3, (1, 3, 5)).native_ready()
-    assert hifigan.ResBlock1(32, 3, (1, 3, 5)).native_ready()
+        conv(y, y)
+    with pytest.raises(ValueError, match="input"):
+        conv(y, np.zeros((10, 24), np.float32))
+    with pytest.raises(ValueError, match="output"):
+        conv(np.zeros((10, 32), np.float32), x[:, :16].copy())
+    with pytest.raises(ValueError, match=">= 160 values"):  # the residual
+        conv(y, x[:, :16].copy(), residual=np.zeros((9, 16), np.float32))
+    up = PackedTransposed.pack(np.ones((16, 4, 8), np.float32), None, stride=2, padding=1)
+    with pytest.raises(ValueError, match="work buffer"):
+        up(np.ones((5, 8), np.float32), np.empty(up.work_size(5) - 1, np.float32))
 
 
 @pytest.fixture(scope="module")
 def decoders(torch, tmp_path_factory):
     """{"full": ..., "small": ...}: (upstream SynthesizerTrn, its official .pth) per generator size."""
-    from dora_primespeech_mlx.oracle import sovits as oracle
+    from primespeech_devtools.oracle import sovits as oracle
 
     out = {}
     for name in ("full", "small"):
@@ -192,19 +205,33 @@ def decoders(torch, tmp_path_factory):
     return out
 
 
-def _run_ours(model, z, g, native: bool) -> np.ndarray:
-    with model._parallel() as streams:
-        threads = max(2, model._parallel.threads) if native else 0
-        return np.array(model.dec(mx.array(z[0].T[None]), mx.array(g[..., 0][:, None]), streams,
-                                  threads=threads)).reshape(-1)
+def _load_pure(path):
+    """The SoVITS model at `path` loaded with the CPU kernels switched off: pure MLX."""
+    from dora_primespeech_mlx.cpu import library
+
+    library.set_enabled(False)
+    try:
+        model = loading.load_model("sovits", path)
+    finally:
+        library.set_enabled(True)
+    assert isinstance(model.dec, hifigan.Generator)
+    return model
 
 
-@pytest.mark.parametrize("name, frames, native_stages", [("full", 23, 5), ("small", 40, 3)])
-def test_generator_matches_upstream(torch, decoders, monkeypatch, name, frames, native_stages):
-    from dora_primespeech_mlx.models import sovits
+def _accelerated(path, threads: int = 2):
+    """(pure-MLX model, the same model loaded with the CPU kernels on: the native generator) from `path`."""
 
+    pure, model = _load_pure(path), loading.load_model("sovits", path)
+    assert isinstance(model.dec, vocoder.NativeGenerator)
+    model.dec.threads = threads  # several threads even where this process may use one core
+    return pure, model
+
+
+@pytest.mark.parametrize("name, frames, native_stages, native_ups", [("full", 23, 5, 5), ("small", 40, 3, 4)])
+def test_generator_matches_upstream(torch, decoders, monkeypatch, name, frames, native_stages, native_ups):
     net, path = decoders[name]
-    model = sovits.load_model(path)
+    pure, model = _accelerated(path)
+    assert [stage.native for stage in model.dec.stages].count(True) == native_stages
     rng = np.random.default_rng(frames)
     z = rng.standard_normal((1, 192, frames)).astype(np.float32)
     g = rng.standard_normal((1, 512, 1)).astype(np.float32)
@@ -213,41 +240,65 @@ def test_generator_matches_upstream(torch, decoders, monkeypatch, name, frames, 
     assert 0.05 < expected.std() < 0.5 and np.mean(np.abs(expected) > 0.98) < 0.01  # informative
 
     calls = []
-    convolve = native_ops.native_vconv
-    monkeypatch.setattr(hifigan, "native_vconv", lambda *a, **k: calls.append(a[0].shape) or convolve(*a, **k))
-    ours = _run_ours(model, z, g, native=True)
-    # 3 ResBlocks of 3 pairs of convolutions per native stage, and conv_post
-    assert len(calls) == native_stages * 3 * 6 + 1
-    mlx_path = _run_ours(model, z, g, native=False)
-    assert len(calls) == native_stages * 3 * 6 + 1
+    convolve = PackedConv.__call__
+    monkeypatch.setattr(PackedConv, "__call__", lambda *a, **k: calls.append(1) or convolve(*a, **k))
+    x, cond = mx.array(z[0].T[None]), mx.array(g[..., 0][:, None])
+    ours = np.array(model.dec(x, cond)).reshape(-1)
+    # 3 ResBlocks of 3 pairs of convolutions per native stage, the native upsamplings and conv_post
+    assert len(calls) == native_stages * 3 * 6 + native_ups + 1
+    mlx_path = np.array(pure.dec(x, cond)).reshape(-1)
+    assert len(calls) == native_stages * 3 * 6 + native_ups + 1
+    assert ours.shape == mlx_path.shape == expected.shape
     assert rel_err(ours, expected) < WAVE_TOL
     assert rel_err(ours, mlx_path) < WAVE_TOL
-
-    # new weights (as after load_weights) are packed again
-    block = model.dec.resblocks[0]
-    block.convs2[1].weight = block.convs2[1].weight * 0.5
-    assert rel_err(_run_ours(model, z, g, native=True), _run_ours(model, z, g, native=False)) < WAVE_TOL
-    assert rel_err(_run_ours(model, z, g, native=True), ours) > 1e-3
+    assert not vocoder.install(model)  # nothing left to swap
 
 
-def test_decode_native_and_mlx_paths_agree(decoders):
-    """SoVITS decode takes the native path by default on the CPU; set_native_kernels(False) gives
-    the pure-MLX path, the same waveform."""
-    from dora_primespeech_mlx.models import sovits
-
-    model = sovits.load_model(decoders["small"][1])
+@pytest.mark.parametrize("name", ["small", "full"])
+def test_decode_native_and_mlx_paths_agree(decoders, name):
+    """SoVITS decode with the native generator installed gives the pure-MLX model's waveform (noise
+    and speed included), and so does streaming decode."""
+    pure, model = _accelerated(decoders[name][1])
     rng = np.random.default_rng(3)
     codes, phones = rng.integers(0, 1024, 9), rng.integers(0, 732, 7)
     spec = np.abs(rng.standard_normal((1025, 30))).astype(np.float32)
-    used = []
-    native_stage = model.dec._native_mean_of
-    model.dec._native_mean_of = lambda *a: used.append(1) or native_stage(*a)
-    ours = model.decode(codes, phones, spec, noise_scale=0.5, seed=2)
-    assert used
-    try:
-        native_ops.set_native_kernels(False)
-        mlx_path = model.decode(codes, phones, spec, noise_scale=0.5, seed=2)
-    finally:
-        native_ops.set_native_kernels(True)
-    assert len(used) == 3
-    assert rel_err(ours, mlx_path) < WAVE_TOL
+    for speed in (1.0, 1.25):
+        ours = model.decode(codes, phones, spec, noise_scale=0.5, seed=2, speed=speed)
+        mlx_path = pure.decode(codes, phones, spec, noise_scale=0.5, seed=2, speed=speed)
+        assert ours.shape == mlx_path.shape
+        assert np.abs(ours - mlx_path).max() <= WAVE_TOL
+    ours, latent, _ = model.decode_streaming(codes, phones, spec, noise_scale=0.0, result_length=4, padding_length=2)
+    mlx_path, mlx_latent, _ = pure.decode_streaming(codes, phones, spec, noise_scale=0.0, result_length=4,
+                                                     padding_length=2)
+    assert np.abs(ours - mlx_path).max() <= WAVE_TOL
+    np.testing.assert_array_equal(latent, mlx_latent)
+
+
+@pytest.mark.parametrize("name", ["small", "full"])
+def test_no_weight_held_twice(decoders, name):
+    """After the swap the model's MLX parameters lack every weight the twin packed, MLX's memory
+    shrinks by those weights, and the packed copies are no larger (but for the layouts' padding)."""
+    import gc
+
+    from mlx.utils import tree_flatten
+
+    model = _load_pure(decoders[name][1])
+    before = {k: v.nbytes for k, v in tree_flatten(model.parameters())}
+    gc.collect()
+    mx.clear_cache()
+    memory = mx.get_active_memory()
+    assert vocoder.install(model)
+    gc.collect()
+    released = memory - mx.get_active_memory()
+    after = {k: v.nbytes for k, v in tree_flatten(model.parameters())}
+    replaced = sum(before.values()) - sum(after.values())
+    assert sum(v for k, v in before.items() if k.startswith(("dec.conv_pre.", "dec.cond."))) == sum(
+        v for k, v in after.items() if k.startswith(("dec.conv_pre.", "dec.cond.")))
+    if name == "full":  # every stage native: only conv_pre and cond stay in MLX
+        assert sorted(k for k in after if k.startswith("dec.")) == [
+            "dec.cond.bias", "dec.cond.weight", "dec.conv_pre.bias", "dec.conv_pre.weight"]
+        assert replaced > 50e6
+    assert not set(after) - set(before) - {k for k in after if k.startswith("dec.stages.")}
+    assert released >= 0.95 * replaced
+    # the transposed convolutions' taps padded to whole blocks of `stride`, conv_post to 16 outputs
+    assert replaced <= model.dec.packed_bytes() <= 1.1 * replaced

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import ast
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
 from dora_primespeech_mlx.errors import PrimeSpeechError
-from dora_primespeech_mlx.voices import VoiceRegistry, builtin_config
+from dora_primespeech_mlx.voices import ModelRoot, VoiceRegistry, builtin_config
 
 REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "dora_primespeech_mlx"
 
 # (name, file stem, language, speed) as in mofa-studio's dora-primespeech config.py VOICE_CONFIGS
 ORIGINAL = [
@@ -138,3 +141,76 @@ def test_custom_and_trained_voices(tmp_path):
         reg.custom(tmp_path / "nope.wav", "x", "zh")
     with pytest.raises(PrimeSpeechError, match="GPT weights not found"):
         reg.custom(ref, "x", "zh", gpt_path=tmp_path / "nope.ckpt", sovits_path=sov)
+
+
+# ------------------------------------------------------------------------------------- model-root layout
+def test_model_root_knows_every_path_of_the_originals_layout(tmp_path):
+    root = ModelRoot(tmp_path)
+    moyoyo = tmp_path / "moyoyo"
+    assert root.path == tmp_path and root.moyoyo == moyoyo
+    assert (root.gpt_weights, root.sovits_weights, root.ref_audios) == (
+        moyoyo / "GPT_weights", moyoyo / "SoVITS_weights", moyoyo / "ref_audios")
+    assert root.hubert == root.encoder("hubert") == moyoyo / "chinese-hubert-base"
+    assert root.roberta == root.encoder("roberta") == moyoyo / "chinese-roberta-wwm-ext-large"
+    assert root.g2pw == tmp_path / "G2PWModel" and root.user_voices == tmp_path / "voices.json"
+    assert root.encoder_files() == [moyoyo / "chinese-hubert-base" / "config.json",
+                                    moyoyo / "chinese-hubert-base" / "pytorch_model.bin",
+                                    moyoyo / "chinese-roberta-wwm-ext-large" / "config.json",
+                                    moyoyo / "chinese-roberta-wwm-ext-large" / "pytorch_model.bin",
+                                    moyoyo / "chinese-roberta-wwm-ext-large" / "tokenizer.json"]
+    assert root.g2pw_tokenizers() == [tmp_path / "G2PWModel" / "tokenizer.json",
+                                      moyoyo / "chinese-roberta-wwm-ext-large" / "tokenizer.json",
+                                      tmp_path / "chinese-roberta-wwm-ext-large" / "tokenizer.json"]
+    with pytest.raises(ValueError, match="unknown encoder 'wav2vec'"):
+        root.encoder("wav2vec")
+
+
+def test_model_root_expands_home_and_resolves_voice_paths(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    root = ModelRoot("~/models")
+    assert root.path == tmp_path / "models" and root == ModelRoot(tmp_path / "models")
+    assert root.resolve("GPT_weights/a.ckpt") == tmp_path / "models" / "moyoyo" / "GPT_weights" / "a.ckpt"
+    assert root.resolve("/abs/a.wav") == Path("/abs/a.wav")
+    assert root.resolve("~/a.wav") == tmp_path / "a.wav"
+    reg = VoiceRegistry("~/models")
+    assert reg.root == root and reg.model_root == root.path
+
+
+def test_the_packaged_manifest_agrees_with_the_layout(tmp_path):
+    manifest, root = builtin_config(), ModelRoot(tmp_path)
+    for kind in ("hubert", "roberta"):
+        assert root.encoder(kind).name == manifest["encoders"][kind]["folder"]
+    assert root.g2pw.name == manifest["g2pw"]["folder"]
+    for entry in manifest["voices"].values():
+        folders = {Path(entry[key]).parent for key in ("gpt_weights", "sovits_weights", "reference_audio")}
+        assert {root.moyoyo / folder for folder in folders} == {root.gpt_weights, root.sovits_weights,
+                                                                root.ref_audios}
+
+
+def test_every_user_of_the_layout_asks_model_root(tmp_path, caplog):
+    from dora_primespeech_mlx.coreml import export
+    from dora_primespeech_mlx.text.g2pw import load_g2pw
+
+    root = ModelRoot(tmp_path)
+    assert [export.model_folder(tmp_path, kind) for kind in export.KINDS] == [root.hubert, root.roberta]
+    with caplog.at_level(logging.INFO, logger="dora_primespeech_mlx"):
+        assert load_g2pw(tmp_path) is None
+    assert f"pypinyin (no {root.g2pw})" in caplog.text
+    reg = VoiceRegistry(tmp_path)
+    assert (reg.hubert_dir, reg.roberta_dir, reg.g2pw_dir) == (root.hubert, root.roberta, root.g2pw)
+
+
+def test_the_layout_is_written_down_once():
+    """No package module but voices.py spells a folder or file name of the model root (the dev-only
+    oracle and bench packages, which build test roots, aside)."""
+    names = {"moyoyo", "GPT_weights", "SoVITS_weights", "ref_audios", "chinese-hubert-base",
+             "chinese-roberta-wwm-ext-large", "G2PWModel", "voices.json"}
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] in ("oracle", "bench") or relative == Path("voices.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text("utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in names:
+                found.append(f"{relative}:{node.lineno}: {node.value!r}")
+    assert found == []

@@ -5,13 +5,14 @@
 Core ML or MLX at run time. coremltools is optional (extra `coreml`) and imported only when needed.
 
 Modules: `programs` (the MIL graphs), `export` (packages + verification), `readback` (read packages
-back on any OS), `reference` (a numpy interpreter of the exported programs), `runtime` (Core ML
-prediction wrappers), `cli` (the `coreml-export` subcommand).
+back on any OS), `runtime` (Core ML prediction wrappers), `cli` (the `coreml-export` subcommand). This
+module imports none of them: each imports it (and its siblings) as needed.
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 from ..errors import PrimeSpeechError
 
@@ -32,11 +33,9 @@ def require_coremltools():
     return coremltools
 
 
-def add_coreml_command(subparsers) -> None:
-    """Register `coreml-export` on the `primespeech-mlx` argument parser's subparsers."""
-    from .cli import add_coreml_command as add
-
-    add(subparsers)
+def running_on_macos() -> bool:
+    """True on macOS, the only OS where Core ML runs."""
+    return sys.platform == "darwin"
 
 
-__all__ = ["INSTALL_HINT", "add_coreml_command", "require_coremltools"]
+__all__ = ["INSTALL_HINT", "require_coremltools", "running_on_macos"]

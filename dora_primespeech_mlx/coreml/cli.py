@@ -33,7 +33,7 @@ def _folders(args: argparse.Namespace) -> dict[str, Path]:
 
 
 def _status(kind: str, folder: Path) -> dict:
-    from ..convert import converted_dir_for, is_converted, is_fresh
+    from ..loading import converted_dir_for, is_converted, is_fresh
     from . import readback
     from .export import package_path, package_problem
 

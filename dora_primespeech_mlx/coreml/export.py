@@ -20,14 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..convert import WEIGHTS_FILE, read_config, source_fingerprint
+from .. import loading
 from ..errors import PrimeSpeechError
+from ..loading import WEIGHTS_FILE, read_config, source_fingerprint
+from ..voices import ModelRoot
 from . import programs, readback, require_coremltools
 
 logger = logging.getLogger(__name__)
 
 KINDS = ("hubert", "roberta")
-FOLDER_NAMES = {"hubert": "chinese-hubert-base", "roberta": "chinese-roberta-wwm-ext-large"}
 PACKAGE_FILES = {"hubert": "hubert.mlpackage", "roberta": "roberta.mlpackage"}
 FORMAT_VERSION = "1"
 META_KIND = "primespeech.kind"
@@ -47,27 +48,15 @@ _DESCRIPTIONS = {
 
 def model_folder(model_root: str | os.PathLike, kind: str) -> Path:
     """The official encoder folder under a dora-primespeech model root."""
-    return Path(model_root).expanduser() / "moyoyo" / FOLDER_NAMES[kind]
-
-
-def _model_module(kind: str):
-    if kind == "hubert":
-        from ..models import hubert as module
-    elif kind == "roberta":
-        from ..models import roberta as module
-    else:
-        raise PrimeSpeechError(f"unknown encoder {kind!r}: use {' or '.join(KINDS)}")
-    return module
+    return ModelRoot(Path(model_root)).encoder(kind)
 
 
 def converted_folder(kind: str, folder: str | os.PathLike) -> Path:
     """The converted MLX folder of an official encoder folder, converting it first if needed (cached);
     a converted folder is taken as it is."""
-    from ..convert import is_converted
-
-    folder = Path(folder)
-    module = _model_module(kind)
-    return folder if is_converted(folder, module.KIND) else Path(module.convert(folder))
+    if kind not in KINDS:
+        raise PrimeSpeechError(f"unknown encoder {kind!r}: use {' or '.join(KINDS)}")
+    return loading.convert(kind, folder)
 
 
 def package_path(converted: str | os.PathLike, kind: str) -> Path:
@@ -205,7 +194,7 @@ def verify_package(path: str | os.PathLike, kind: str, weights: dict[str, np.nda
 
 def _compile_where_possible(package: Path) -> None:
     """On macOS, load the package once: Core ML compiles it (cached for the node) and proves it runs."""
-    from ..encoders import running_on_macos
+    from . import running_on_macos
     from .runtime import load_mlmodel
 
     if running_on_macos():

@@ -10,28 +10,23 @@ and return numpy arrays in upstream's orientation.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from ..checkpoint import load_checkpoint
-from ..convert import ensure_converted, load_converted, save_converted
 from ..errors import PrimeSpeechError
-from .base import BaseModelArgs, load_weights_strict
+from .base import BaseModelArgs
 from .flow import ResidualCouplingBlock
 from .hifigan import Generator
 from .mrte import MRTE
 from .style_encoder import MelStyleEncoder
 from .vits_attention import Encoder
-from .vits_conv import Conv1d, CpuParallel
+from .vits_conv import Conv1d
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +168,6 @@ class Model(nn.Module):
         self.ref_enc = MelStyleEncoder(args.ref_bins, out_dim=args.gin_channels)
         self.ssl_proj = Conv1d(args.ssl_dim, args.ssl_dim, 2, stride=2)
         self.quantizer = Codebook(args.codebook_size, args.ssl_dim)
-        self._parallel = CpuParallel()
 
     @property
     def version(self) -> str:
@@ -244,9 +238,8 @@ class Model(nn.Module):
         `phones` [Tp] (not the prompt's), in the voice of `refer_spec` ([1025, frames] or a list,
         whose style vectors are averaged)."""
         codes, phones = self._check_inputs(codes, phones, speed)
-        with self._parallel() as streams:
-            audio, _ = self._synthesize(streams, codes, phones, refer_spec, noise_scale, speed, seed)
-            return np.array(audio, dtype=np.float32)
+        audio, _ = self._synthesize(codes, phones, refer_spec, noise_scale, speed, seed)
+        return np.array(audio, dtype=np.float32)
 
     def decode_streaming(self, codes, phones, refer_spec, *, noise_scale: float = 0.5, speed: float = 1.0,
                          seed: int | None = None, result_length: int | None = None,
@@ -257,9 +250,9 @@ class Model(nn.Module):
         `codes` [T25] are all the semantic codes so far: the content and phone encoders see them all,
         for context (upstream re-encodes the whole history at every chunk); `padding_length` trailing
         codes are dropped before encoder2 and only the last `result_length` codes go on through the
-        flow and the vocoder (both counted in 25 Hz codes, 2 latent frames each; None keeps all). `overlap_frames` [C, F] is the previous call's latent tail (upstream
-        passes the frames of its last overlap codes), cross-faded with a sine window into the first F
-        frames.
+        flow and the vocoder (both counted in 25 Hz codes, 2 latent frames each; None keeps all).
+        `overlap_frames` [C, F] is the previous call's latent tail (upstream passes the frames of its
+        last overlap codes), cross-faded with a sine window into the first F frames.
 
         Returns `(audio, latent, latent_mask)`: the waveform (float32, 1-D) of the kept codes at
         `speed`; the latent, float32 [C, 2 * kept codes] in upstream's orientation (its `y_[0]`:
@@ -283,32 +276,29 @@ class Model(nn.Module):
                     f"overlap_frames must be a latent tail [{self.args.hidden_channels}, frames <= {kept}] "
                     f"from the previous decode_streaming call, got {overlap.shape}")
             overlap = mx.array(overlap.T)
-        with self._parallel() as streams:
-            audio, latent = self._synthesize(streams, codes, phones, refer_spec, noise_scale, speed, seed,
-                                             padding_frames=padding_frames, result_frames=result_frames,
-                                             overlap=overlap)
-            mx.eval(audio, latent)
-            latent = np.array(latent[0].T, dtype=np.float32)
-            return np.array(audio, dtype=np.float32), latent, np.ones(latent.shape[1], dtype=np.float32)
+        audio, latent = self._synthesize(codes, phones, refer_spec, noise_scale, speed, seed,
+                                         padding_frames=padding_frames, result_frames=result_frames,
+                                         overlap=overlap)
+        mx.eval(audio, latent)
+        latent = np.array(latent[0].T, dtype=np.float32)
+        return np.array(audio, dtype=np.float32), latent, np.ones(latent.shape[1], dtype=np.float32)
 
-    def _synthesize(self, streams: tuple | None, codes: np.ndarray, phones: np.ndarray, refer_spec,
-                    noise_scale: float, speed: float, seed: int | None, **stream_args) -> tuple[mx.array, mx.array]:
-        """Lazy (waveform [N], latent [1, T, C]) for `decode` and `decode_streaming`; call inside
-        `self._parallel()`, whose `streams` it takes. `stream_args` go to `TextEncoder.prior`."""
+    def _synthesize(self, codes: np.ndarray, phones: np.ndarray, refer_spec, noise_scale: float, speed: float,
+                    seed: int | None, **prior_args) -> tuple[mx.array, mx.array]:
+        """Lazy (waveform [N], latent [1, T, C]) for `decode` and `decode_streaming`; `prior_args`
+        go to `TextEncoder.prior`."""
         specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
-        side = mx.stream(streams[1]) if streams else contextlib.nullcontext()
-        with side:  # independent of the SSL branch below: the other stream when on the CPU
-            ge = self.style_embedding(specs)
-            text = self.enc_p.encode_text(mx.array(phones)[None])
+        ge = self.style_embedding(specs)
+        text = self.enc_p.encode_text(mx.array(phones)[None])
         quantized = mx.repeat(self.quantizer.embed[mx.array(codes)], 2, axis=0)[None]  # 25 Hz -> 50 Hz
-        m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge, speed, **stream_args)
+        m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge, speed, **prior_args)
         if noise_scale:
             key = mx.random.key(seed) if seed is not None else None
             z_p = m_p + mx.random.normal(m_p.shape, key=key) * mx.exp(logs_p) * noise_scale
         else:
             z_p = m_p
         z = self.flow.reverse(z_p, ge)
-        return self.dec(z, ge, streams, threads=self._parallel.threads).reshape(-1), latent
+        return self.dec(z, ge).reshape(-1), latent
 
     def _check_inputs(self, codes, phones, speed: float) -> tuple[np.ndarray, np.ndarray]:
         codes = self._ids(codes, self.args.codebook_size, "semantic codes")
@@ -333,9 +323,8 @@ class Model(nn.Module):
             ssl = ssl[0]
         if ssl.ndim != 2 or ssl.shape[0] != self.args.ssl_dim or ssl.shape[1] < 2:
             raise PrimeSpeechError(f"SSL features must be [{self.args.ssl_dim}, frames >= 2], got {ssl.shape}")
-        with self._parallel():
-            x = self.ssl_proj(mx.array(ssl.T)[None])[0]
-            return np.array(self.quantizer.encode(x), dtype=np.int64)
+        x = self.ssl_proj(mx.array(ssl.T)[None])[0]
+        return np.array(self.quantizer.encode(x), dtype=np.int64)
 
     @staticmethod
     def _ids(values, limit: int, what: str) -> np.ndarray:
@@ -381,119 +370,4 @@ def _rename(key: str) -> str:
     return key
 
 
-# -- checkpoint reading, version detection, conversion --------------------------------------------
-
-def _plain_config(config: Any) -> dict[str, Any]:
-    return config if isinstance(config, dict) else {}
-
-
-def detect_version(weights: dict[str, Any], config: dict[str, Any], header_version: str | None) -> str:
-    """"v1" or "v2" for a supported SoVITS state dict; PrimeSpeechError naming any other version."""
-    model_cfg = _plain_config(config.get("model"))
-    cfg_version = model_cfg.get("version") or config.get("version")
-
-    def refuse(version: str, why: str) -> PrimeSpeechError:
-        return PrimeSpeechError(
-            f"this SoVITS checkpoint is GPT-SoVITS {version} ({why}); only v1 and v2 SoVITS weights are "
-            "supported so far: use a v1/v2 voice, or export the voice from a v2 training run"
-        )
-
-    if header_version is not None and header_version not in ("v1", "v2"):
-        raise refuse(header_version, "file header")
-    if any(k.startswith("cfm.") for k in weights):
-        raise refuse(cfg_version if cfg_version in ("v3", "v4") else "v3/v4", "it has a CFM decoder")
-    if any(k.startswith(("sv_emb.", "ge_to512.", "prelu.")) for k in weights):
-        if cfg_version not in ("v2Pro", "v2ProPlus"):
-            conv_pre = weights.get("dec.conv_pre.weight")
-            cfg_version = "v2ProPlus" if conv_pre is not None and conv_pre.shape[0] == 768 else "v2Pro"
-        raise refuse(cfg_version, "it has a speaker-verification embedding")
-    if cfg_version in UNSUPPORTED_VERSIONS:
-        raise refuse(cfg_version, "its config")
-    embedding = weights.get("enc_p.text_embedding.weight")
-    if embedding is None:
-        raise PrimeSpeechError("this file has no enc_p.text_embedding.weight: it is not a GPT-SoVITS v1/v2 "
-                               "SoVITS checkpoint (SoVITS_weights/*.pth)")
-    rows = embedding.shape[0]
-    if rows == V1_SYMBOLS:
-        return "v1"
-    if rows == V2_SYMBOLS:
-        return "v2"
-    raise PrimeSpeechError(f"unexpected SoVITS symbol table of {rows} entries (v1 has {V1_SYMBOLS}, v2 "
-                           f"{V2_SYMBOLS}): the file is not a supported GPT-SoVITS checkpoint")
-
-
-def _args_from(weights: dict[str, Any], config: dict[str, Any], version: str) -> ModelArgs:
-    model_cfg = dict(_plain_config(config.get("model")))
-    data_cfg = _plain_config(config.get("data"))
-    model_cfg.pop("version", None)
-    args = ModelArgs.from_dict(model_cfg)
-    args.version = version
-    args.n_symbols = int(weights["enc_p.text_embedding.weight"].shape[0])
-    if "filter_length" in data_cfg:
-        args.spec_channels = int(data_cfg["filter_length"]) // 2 + 1
-    for name in ("sampling_rate", "hop_length"):
-        if name in data_cfg:
-            setattr(args, name, int(data_cfg[name]))
-    if model_cfg.get("semantic_frame_rate", "25hz") != "25hz":
-        raise PrimeSpeechError("only 25 Hz semantic SoVITS models are supported")
-    if model_cfg.get("resblock", "1") != "1":
-        raise PrimeSpeechError("only HiFi-GAN ResBlock1 SoVITS decoders are supported")
-    return args
-
-
-def read_official(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], ModelArgs]:
-    """An official SoVITS `.pth` -> (sanitized float32 weights, ModelArgs); refuses other versions."""
-    ckpt = load_checkpoint(path)
-    data = ckpt.data
-    if not isinstance(data, dict):
-        raise PrimeSpeechError(f"{path} is not a GPT-SoVITS SoVITS checkpoint")
-    weights = data.get("weight", data.get("model"))
-    if not isinstance(weights, dict):
-        raise PrimeSpeechError(f"{path} has no 'weight' state dict: it is not a GPT-SoVITS SoVITS checkpoint "
-                               "(SoVITS_weights/*.pth)")
-    config = _plain_config(data.get("config"))
-    version = detect_version(weights, config, ckpt.header_version)
-    args = _args_from(weights, config, version)
-    sanitized = Model.sanitize(weights)
-    _check_against(args, sanitized, path)
-    return sanitized, args
-
-
-def _check_against(args: ModelArgs, weights: dict[str, np.ndarray], source) -> None:
-    model = Model(args)
-    load_weights_strict(model, {k: mx.array(v) for k, v in weights.items()}, f"SoVITS ({source})")
-
-
-def _convert_into(source: Path, out_dir: Path) -> None:
-    weights, args = read_official(source)
-    save_converted(out_dir, weights, args.to_dict(), kind=KIND, source=source)
-
-
-def convert(source: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> Path:
-    """Convert an official SoVITS `.pth` to MLX safetensors + config.json (cached beside the
-    source unless `out_dir` is given); returns the folder."""
-    source = Path(source)
-    if source.is_dir():
-        raise PrimeSpeechError(f"{source} is a folder: give the SoVITS .pth file to convert")
-    return ensure_converted(source, KIND, _convert_into, out_dir)
-
-
-def load_model(path: str | os.PathLike) -> Model:
-    """Load a SoVITS model from an official `.pth` (converted once, cached) or a converted folder."""
-    path = Path(path)
-    if not path.exists():
-        raise PrimeSpeechError(f"SoVITS model not found: {path}")
-    folder = path if path.is_dir() else convert(path)
-    weights, config = load_converted(folder)
-    meta = config.get("conversion", {})
-    if meta.get("kind") not in (None, KIND):
-        raise PrimeSpeechError(f"{folder} holds a converted {meta.get('kind')} model, not SoVITS")
-    args = ModelArgs.from_dict(config)
-    model = Model(args)
-    load_weights_strict(model, weights, f"SoVITS ({folder})")
-    model.eval()
-    mx.eval(model.parameters())
-    return model
-
-
-__all__ = ["Model", "ModelArgs", "convert", "detect_version", "load_model", "read_official"]
+__all__ = ["Model", "ModelArgs"]

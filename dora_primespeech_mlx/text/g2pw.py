@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import PrimeSpeechError
+from ..voices import ModelRoot
 from .zh_normalization import to_simplified
 
 log = logging.getLogger(__name__)
@@ -379,24 +380,15 @@ class G2PW:
         return labels
 
 
-def _find_tokenizer(model_root: Path) -> Path | None:
-    for candidate in (
-        model_root / "G2PWModel" / "tokenizer.json",
-        model_root / "moyoyo" / "chinese-roberta-wwm-ext-large" / "tokenizer.json",
-        model_root / "chinese-roberta-wwm-ext-large" / "tokenizer.json",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_g2pw(model_root: str | Path, tokenizer_file: str | Path | None = None) -> G2PW | None:
     """The g2pW reader of `<model_root>/G2PWModel/`, or None (and a log line) to use pypinyin."""
-    model_dir = Path(model_root).expanduser() / "G2PWModel"
+    root = ModelRoot(Path(model_root))
+    model_dir = root.g2pw
     if not model_dir.is_dir():
         log.info("Chinese polyphones: pypinyin (no %s)", model_dir)
         return None
-    tokenizer = Path(tokenizer_file) if tokenizer_file else _find_tokenizer(Path(model_root).expanduser())
+    found = (path for path in root.g2pw_tokenizers() if path.is_file())
+    tokenizer = Path(tokenizer_file) if tokenizer_file else next(found, None)
     if tokenizer is None or not tokenizer.is_file():
         log.warning("Chinese polyphones: pypinyin (g2pW needs a BERT tokenizer.json: none found beside %s)",
                     model_dir)

@@ -13,8 +13,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from .cleaner import clean_text
 from .cut import MAX_SEGMENT, SPLITS, cut_text, split_big_text, split_long
 from .language import split_by_language
+from .symbols import phones_to_ids
 
 _REPEATS_RE = re.compile(r"([!?…,.\-])([!?…,.\-])+")
 _FIRST_CLAUSE_RE = re.compile("[" + re.escape("".join(sorted(SPLITS))) + "]")
@@ -132,8 +134,6 @@ def segment_phones(segment: str, mode: str, version: str = "v2", g2pw=None) -> l
     The pipeline concatenates the pieces' ids; BERT features are computed for "zh" pieces
     (from norm_text and word2ph) and are zeros for the others.
     """
-    from . import clean_text
-    from .symbols import phones_to_ids
 
     def run(text: str) -> list[PhonePiece]:
         pieces = []
