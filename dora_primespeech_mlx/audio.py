@@ -1,4 +1,5 @@
-"""Audio in and out: WAV reading, soxr resampling, WAV writing and SoVITS's reference spectrogram.
+"""Audio in and out: WAV reading, soxr resampling, WAV writing, SoVITS's reference spectrogram, and the
+effects a text may ask for (pitch shift through librosa, the optional `pitch` extra; volume as a gain).
 
 `load_audio` reproduces what upstream gets from `librosa.load(path, sr=...)`: samples scaled to
 float32 as libsndfile does (int16 / 2**15, int24 / 2**23, int32 / 2**31, 8-bit (x - 128) / 128),
@@ -26,6 +27,10 @@ SOVITS_SAMPLE_RATE = 32000
 N_FFT = 2048
 HOP_LENGTH = 640
 WIN_LENGTH = 2048
+
+MAX_SAMPLE = 32767 / 32768  # the largest value that survives int16(x * 32768), as engine.MAX_SAMPLE
+PITCH_EXTRA = "pip install 'dora-primespeech-mlx[pitch]'"
+_PITCH_MIN_SAMPLES = 2048  # librosa's default n_fft: shorter pieces (a closing 10 ms) are left as they are
 
 _FORMAT_PCM = 0x0001
 _FORMAT_FLOAT = 0x0003
@@ -192,3 +197,32 @@ def limit_peak(audio: np.ndarray) -> np.ndarray:
     if peak > 1.0:
         return (audio / np.float32(min(2.0, peak))).astype(np.float32)
     return audio
+
+
+def _librosa():
+    try:
+        import librosa
+    except ImportError as exc:
+        raise PrimeSpeechError(f"a pitch shift needs librosa, which is not installed: {PITCH_EXTRA}") from exc
+    return librosa
+
+
+def require_pitch_shift() -> None:
+    """Raise PrimeSpeechError (saying what to install) when `pitch_shift` cannot run."""
+    _librosa()
+
+
+def pitch_shift(audio: np.ndarray, sample_rate: int, semitones: float) -> np.ndarray:
+    """`audio` shifted by `semitones` at the same duration (librosa's phase vocoder + soxr resampling);
+    unchanged for 0 semitones and for pieces shorter than one analysis frame."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if semitones == 0 or audio.shape[0] < _PITCH_MIN_SAMPLES:
+        return audio
+    shifted = _librosa().effects.pitch_shift(audio, sr=int(sample_rate), n_steps=float(semitones))
+    return np.asarray(shifted, dtype=np.float32)
+
+
+def apply_gain(audio: np.ndarray, percent: float) -> np.ndarray:
+    """`audio` at `percent` volume (100: unchanged), clipped to [-1, MAX_SAMPLE]."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return np.clip(audio * np.float32(percent / 100.0), -1.0, MAX_SAMPLE).astype(np.float32, copy=False)

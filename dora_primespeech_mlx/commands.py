@@ -2,7 +2,9 @@
 
 Defaults come from `NodeConfig.from_env()`, as the node reads them: the model root from
 $PRIMESPEECH_MODEL_DIR (else ~/.dora/models/primespeech, the original dora-primespeech's layout), user
-voices from $PRIMESPEECH_VOICES_FILE, the hub mirror from HF_ENDPOINT and HF_HUB_OFFLINE. Progress is
+voices from $PRIMESPEECH_VOICES_FILE, the hub repository from REPOSITORY (else MoYoYoTech/tone-models), the
+hub mirror from HF_ENDPOINT and HF_HUB_OFFLINE, and VOICE_NAME's files replaced by GPT_MODEL_PATH,
+SOVITS_MODEL_PATH and REFERENCE_AUDIO_PATH (never downloaded). Progress is
 logged (INFO) and shown by the CLI's logging setup; errors raise PrimeSpeechError (one line, exit code 2).
 
 `download` is also meant for scripts (`make run` calls `primespeech-mlx download --voice NAME
@@ -36,7 +38,7 @@ TEST_VOICE_NAME = "test"
 def _registry(args: argparse.Namespace):
     from .voices import VoiceRegistry
 
-    return VoiceRegistry(args.model_root, args.voices_file)
+    return VoiceRegistry.from_config(args.config, args.model_root, args.voices_file)
 
 
 def find_voice(registry, name: str):
@@ -77,12 +79,9 @@ def _say(args: argparse.Namespace) -> int:
     text = args.text if args.text != "-" else sys.stdin.read()
     registry = _registry(args)
     voice = find_voice(registry, args.voice or registry.default_voice)
-    missing = registry.missing_files(voice.name)
+    missing = registry.missing_message(voice.name)
     if missing:
-        raise PrimeSpeechError(
-            f"voice {voice.name!r} is not installed (missing {missing[0]}"
-            f"{f' and {len(missing) - 1} more' if len(missing) > 1 else ''}): run "
-            f"`primespeech-mlx download --voice \"{voice.name}\" --model-root {args.model_root}`")
+        raise PrimeSpeechError(missing)
     options = SynthesisOptions(
         text_lang=args.text_lang or voice.text_lang, speed=args.speed, seed=args.seed, top_k=args.top_k,
         text_split_method=args.split, fragment_interval=args.fragment_interval)
@@ -147,7 +146,8 @@ def _voices(args: argparse.Namespace) -> int:
 # -- download ----------------------------------------------------------------------------------------
 def download_plan(registry, voices: list[str], with_g2pw: bool) -> list[tuple[str, str | None, Path]]:
     """(hub repository, file in the repository or None for the whole repository, local folder) for each
-    needed file. Files already on disk are left out."""
+    needed file. Files already on disk are left out, and so are a voice's files replaced by overrides
+    (GPT_MODEL_PATH, ...): those are the user's own."""
     from .voices import ENCODER_KINDS
 
     root = registry.root
@@ -163,7 +163,9 @@ def download_plan(registry, voices: list[str], with_g2pw: bool) -> list[tuple[st
         if not source:
             raise PrimeSpeechError(f"voice {name!r} is a user voice without a hub repository: copy its files "
                                    "by hand")
-        plan += [(source, entry[k], moyoyo) for k in ("gpt_weights", "sovits_weights", "reference_audio")]
+        overridden = registry.overridden(name)
+        plan += [(source, entry[k], moyoyo) for k in ("gpt_weights", "sovits_weights", "reference_audio")
+                 if k not in overridden]
     plan = [(r, f, d) for r, f, d in plan if not (d / f).is_file()]
     g2pw = registry.config["g2pw"]
     if with_g2pw and not all((root.g2pw / f).is_file() for f in g2pw["required"]):
@@ -293,13 +295,17 @@ def _download(args: argparse.Namespace) -> int:
     else:
         voices = [find_voice(registry, v).name for v in (args.voice or [registry.default_voice])]
     plan = download_plan(registry, voices, with_g2pw=args.g2pw)
-    if not plan:
+    if plan:
+        run_download(plan, config=args.config)
+    still_missing = [message for message in map(registry.missing_message, voices) if message]
+    for message in still_missing:  # overrides naming no file: nothing to download for them
+        logger.warning("%s", message)
+    if not plan and not still_missing:
         logger.info("already installed under %s: %s", registry.model_root, ", ".join(voices))
-        return 0
-    run_download(plan, config=args.config)
-    logger.info("done: %s installed under %s. The first use converts the weights to MLX once (a few seconds "
-                "per model).", ", ".join(voices), registry.model_root)
-    return 0
+    elif plan:
+        logger.info("done: %s downloaded from %s into %s. The first use converts the weights to MLX once "
+                    "(a few seconds per model).", ", ".join(voices), registry.repository, registry.model_root)
+    return 1 if still_missing else 0
 
 
 def add_commands(sub, config: NodeConfig | None = None) -> None:
@@ -333,13 +339,15 @@ def add_commands(sub, config: NodeConfig | None = None) -> None:
                             description="List built-in and user voices, their language and default speed, "
                                         "and whether their files are under the model root.")
     _add_root_options(voices, config)
-    voices.set_defaults(func=_voices)
+    voices.set_defaults(func=_voices, config=config)
 
     dl = sub.add_parser(
         "download", help="download voices from the Hugging Face hub",
         description="Download voice weights, reference clips and the shared encoders from the original's hub "
-                    "repository (MoYoYoTech/tone-models) into the model root, in dora-primespeech's layout. "
-                    "Interrupted downloads resume. Needs huggingface_hub and the network.")
+                    f"repository ($REPOSITORY, here {config.repository}) into the model root, in "
+                    "dora-primespeech's layout. Files replaced by GPT_MODEL_PATH, SOVITS_MODEL_PATH or "
+                    "REFERENCE_AUDIO_PATH are not downloaded. Interrupted downloads resume. Needs "
+                    "huggingface_hub and the network.")
     group = dl.add_mutually_exclusive_group()
     group.add_argument("--voice", action="append", help="a voice to download (repeatable; default Doubao)")
     group.add_argument("--all", action="store_true", help="all 15 built-in voices")

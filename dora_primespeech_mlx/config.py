@@ -17,6 +17,11 @@ from typing import Any
 
 DEFAULT_VOICE = "Doubao"
 DEFAULT_MODEL_DIR = "~/.dora/models/primespeech"
+DEFAULT_REPOSITORY = "MoYoYoTech/tone-models"
+# The configured voice's files that the original's GPT_MODEL_PATH, SOVITS_MODEL_PATH and REFERENCE_AUDIO_PATH
+# replace, by the voices.json key of each file.
+FILE_OVERRIDES = {"gpt_weights": "GPT_MODEL_PATH", "sovits_weights": "SOVITS_MODEL_PATH",
+                  "reference_audio": "REFERENCE_AUDIO_PATH"}
 TEXT_LANGS = ("auto", "auto_yue", "en", "zh", "ja", "yue", "ko", "all_zh", "all_ja", "all_yue", "all_ko")
 SPLIT_METHODS = ("cut0", "cut1", "cut2", "cut3", "cut4", "cut5")
 LOG_LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
@@ -68,6 +73,12 @@ class NodeConfig:
     cpu_kernels: str = "auto"  # PRIMESPEECH_CPU_KERNELS: the CPU accelerator's switch (auto, off)
     hf_endpoint: str | None = None  # HF_ENDPOINT: hub mirror for `download` (None: huggingface_hub's own)
     hf_hub_offline: bool = False  # HF_HUB_OFFLINE: `download` refuses to run
+    # The original's overrides of VOICE_NAME's files (None: the voice's own). Relative paths are resolved
+    # by the voice registry against <model root>/moyoyo, like the paths of voices.json.
+    gpt_model_path: Path | None = None  # GPT_MODEL_PATH
+    sovits_model_path: Path | None = None  # SOVITS_MODEL_PATH
+    reference_audio_path: Path | None = None  # REFERENCE_AUDIO_PATH
+    repository: str = DEFAULT_REPOSITORY  # REPOSITORY: the hub repository of the built-in voices and encoders
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> tuple[NodeConfig, list[str]]:
@@ -109,8 +120,19 @@ class NodeConfig:
             cpu_kernels=env.choice("PRIMESPEECH_CPU_KERNELS", "auto", CPU_KERNELS),
             hf_endpoint=env.text("HF_ENDPOINT", None),
             hf_hub_offline=env.flag("HF_HUB_OFFLINE"),
+            gpt_model_path=env.file("GPT_MODEL_PATH"),
+            sovits_model_path=env.file("SOVITS_MODEL_PATH"),
+            reference_audio_path=env.file("REFERENCE_AUDIO_PATH"),
+            repository=env.repository("REPOSITORY", DEFAULT_REPOSITORY),
         )
         return config, env.problems
+
+    def file_overrides(self) -> dict[str, Path]:
+        """The configured voice's files replaced by GPT_MODEL_PATH, SOVITS_MODEL_PATH, REFERENCE_AUDIO_PATH,
+        by voices.json key (`gpt_weights`, `sovits_weights`, `reference_audio`); empty when none is set."""
+        paths = {"gpt_weights": self.gpt_model_path, "sovits_weights": self.sovits_model_path,
+                 "reference_audio": self.reference_audio_path}
+        return {key: path for key, path in paths.items() if path is not None}
 
     def notes(self) -> list[str]:
         """Informational remarks about accepted-but-ignored settings, for the start-up log."""
@@ -124,6 +146,9 @@ class NodeConfig:
 
 
 _VAR = re.compile(r"\$(\w+|\{[^}]*\})")
+# A Hugging Face repository id: owner/name, letters, digits, "-", "_", "." (no "--" or ".." in a name).
+_REPO_PART = r"[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?"
+_REPOSITORY = re.compile(rf"{_REPO_PART}/{_REPO_PART}")
 
 
 def expand_path(raw: str, environ: Mapping[str, str]) -> str:
@@ -167,6 +192,28 @@ class _Reader:
         if raw is None:
             return None
         return Path(expand_path(raw, self.environ))
+
+    def file(self, name: str) -> Path | None:
+        """An optional file path (`~` and `$VARS` expanded; a relative one stays relative). A variable it
+        names that is not set makes it invalid: None, as when unset."""
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        expanded = expand_path(raw, self.environ)
+        unset = [m.group(0) for m in _VAR.finditer(expanded)]
+        if unset:
+            self.problems.append(f"invalid {name}={raw!r}: {', '.join(unset)} is not set; using the voice's "
+                                 "own file")
+            return None
+        return Path(expanded)
+
+    def repository(self, name: str, default: str) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if _REPOSITORY.fullmatch(raw) and "--" not in raw and ".." not in raw:
+            return raw
+        return self._bad(name, raw, "a Hugging Face repository id such as owner/name", default)
 
     def boolean(self, name: str, default: bool) -> bool:
         raw = self._raw(name)

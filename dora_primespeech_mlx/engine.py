@@ -332,8 +332,10 @@ class Synthesizer:
 
         for path, what in ((voice.gpt_path, "GPT weights"), (voice.sovits_path, "SoVITS weights")):
             if not Path(path).exists():
-                raise PrimeSpeechError(f"voice {voice.name!r}: {what} not found at {path}; "
-                                       f"run `primespeech-mlx download --voice \"{voice.name}\"`")
+                known = self.registry.knows(voice.name) and self.registry.get(voice.name) == voice
+                # a registry voice: what is missing and what to do (an override to fix, or the download)
+                raise PrimeSpeechError(self.registry.missing_message(voice.name) if known else
+                                       f"voice {voice.name!r}: {what} not found at {path}")
         started = time.perf_counter()
         logger.info("loading voice %r (official checkpoints are converted to MLX on first use)", voice.name)
         t2s_model = loading.load_model("t2s", voice.gpt_path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import sys
 import traceback
@@ -29,12 +30,12 @@ def build_engine(config: NodeConfig) -> tuple[Any | None, str | None, list[str]]
         from .voices import VoiceRegistry
 
         try:
-            registry = VoiceRegistry(config.model_dir, config.voices_file)
+            registry = VoiceRegistry.from_config(config)
         except Exception as exc:
             if config.voices_file is None:
                 raise
             problems.append(f"PRIMESPEECH_VOICES_FILE ignored: {_describe(exc)}")
-            registry = VoiceRegistry(config.model_dir)
+            registry = VoiceRegistry.from_config(dataclasses.replace(config, voices_file=None))
         settings = {"device": config.device, "dtype": config.dtype, "encoder_backend": config.encoder_backend}
         try:
             engine = Synthesizer(config.model_dir, registry=registry, max_loaded_voices=config.max_voices,

@@ -20,6 +20,11 @@ all inputs closing only ends the loop once the remaining events have been handle
 Status events are sent at start, after each `voice:` control and each text, every HEARTBEAT_SECONDS
 while a voice loads or a text is synthesised, and at the stop (see `protocol`). Text the engine drops
 as unspeakable (`Result.dropped`) is logged as a WARNING; the rest is spoken.
+
+A text is rendered piece by piece (`protocol.TextRequest.parts`): each speech span through the engine at
+its own speed (`protocol.effective_speed`), then pitch-shifted and scaled by the payload's pitch and volume;
+each SSML break as silence. In batch mode the pieces are joined into the one audio message; when
+streaming, each break is a fragment of its own (`is_silence: true`).
 """
 
 from __future__ import annotations
@@ -31,18 +36,23 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from . import protocol
+import numpy as np
+
+from . import audio, protocol, runtime
 from .config import DEFAULT_VOICE, LOG_LEVELS, NodeConfig
 from .errors import PrimeSpeechError
 from .protocol import (
+    Adjustments,
     BadInput,
     CustomVoice,
     DefaultVoice,
     Message,
     NamedVoice,
+    Pause,
+    Speech,
     TextRequest,
     TrainedVoice,
     error_text,
@@ -67,6 +77,16 @@ class _Pending:
 
     def __lt__(self, other: _Pending) -> bool:
         return self.key < other.key
+
+
+@dataclass
+class _Step:
+    """One piece of a text to render: a Speech span with the engine options for it, or a Pause; and the
+    speed/pitch/volume echoed in its audio metadata."""
+
+    piece: Speech | Pause
+    options: Any
+    applied: dict[str, float]
 
 
 @dataclass
@@ -106,10 +126,12 @@ class TTSNode:
         self._cancelled: type[Exception] = _NeverRaised
         self._empty: type[Exception] = _NeverRaised
         self._options_type: Any = None
+        self._sample_rate = 32000  # the rate of breaks' silence; the engine's
         if engine is not None:
-            from .engine import Cancelled, EmptyTextError, SynthesisOptions
+            from .engine import SAMPLE_RATE, Cancelled, EmptyTextError, SynthesisOptions
 
             self._cancelled, self._empty, self._options_type = Cancelled, EmptyTextError, SynthesisOptions
+            self._sample_rate = SAMPLE_RATE
         self.clock = clock
         self.heartbeat_seconds = heartbeat_seconds
         self._node_lock = threading.Lock()  # the heartbeat thread sends while the main thread polls
@@ -298,7 +320,7 @@ class TTSNode:
         if control.kind == "reset":
             self._log("INFO", "reset received; nothing is buffered between texts, so nothing to reset")
         elif control.kind == "stats":
-            self._log("INFO", str(self.stats))
+            self._log("INFO", f"{self.stats}; {protocol.memory_text(self._memory())}")
         elif control.kind == "voice":
             self._switch_voice(control.argument)
         elif control.kind == "cancel":
@@ -342,8 +364,17 @@ class TTSNode:
                 voice = self._resolve_voice(request)
                 self._log("DEBUG", f"text {meta.get('segment_index', '-')}: {len(request.text)} chars, "
                                    f"voice {voice.name!r}")
+                if request.adjustments.pitch:
+                    audio.require_pitch_shift()  # before any audio goes out
+                options = self._options(request, voice)
+                # The speed the engine used so far (SPEED_FACTOR, else the voice's default) stays the base;
+                # a payload `speed` replaces it, as the Moxin fork does, and an SSML rate multiplies it.
+                configured = options.speed if options.speed is not None else voice.speed
+                applied = protocol.applied_metadata(protocol.effective_speed(configured, request.adjustments),
+                                                    request.adjustments)
+                steps = self._steps(request, options, configured, applied)
                 with self._busy("synthesising"):
-                    self._synthesize(request.text, voice, self._options(request, voice), meta)
+                    self._synthesize(steps, voice, request.adjustments, applied, meta)
         except self._empty as exc:
             if not self._warn_dropped(exc, meta, "nothing else to speak: answered skipped + empty"):
                 self._log("INFO", f"nothing speakable in the text of question "
@@ -402,34 +433,79 @@ class TTSNode:
             fragment_interval=c.fragment_interval, stream_chunk=c.stream_chunk,
         )
 
-    def _synthesize(self, text: str, voice: Any, options: Any, meta: dict[str, Any]) -> None:
+    def _steps(self, request: TextRequest, options: Any, configured: float,
+               applied: dict[str, float]) -> list[_Step]:
+        """The pieces to render: speakable spans with their speed, and breaks."""
+        steps = []
+        for piece in request.parts:
+            if isinstance(piece, Pause):
+                steps.append(_Step(piece, None, applied))
+            elif protocol.is_speakable(piece.text):
+                speed = protocol.effective_speed(configured, request.adjustments, piece.rate)
+                steps.append(_Step(piece, replace(options, speed=speed),
+                                   protocol.applied_metadata(speed, request.adjustments)))
+        return steps
+
+    def _effects(self, samples: Any, sample_rate: int, adjustments: Adjustments) -> Any:
+        """The payload's pitch shift and volume; the samples untouched when neither is asked for."""
+        if adjustments.pitch:
+            samples = audio.pitch_shift(samples, sample_rate, adjustments.pitch)
+        if adjustments.pitch or adjustments.volume != 100:
+            samples = audio.apply_gain(samples, adjustments.volume)
+        return samples
+
+    def _skip_empty_span(self, step: _Step, exc: Exception, meta: dict[str, Any]) -> None:
+        self._log("WARNING", f"nothing speakable in the span {step.piece.text!r:.60} of question "
+                             f"{meta.get('question_id', 'default')!r} ({error_text(exc)}): skipped")
+
+    def _synthesize(self, steps: list[_Step], voice: Any, adjustments: Adjustments, applied: dict[str, float],
+                    meta: dict[str, Any]) -> None:
         started = self.clock()
         if not self.config.return_fragment:
-            result = self.engine.synthesize(text, voice, options, should_cancel=self.should_cancel)
-            self._warn_dropped(result, meta)
-            samples = protocol.audio_samples(result.audio)
+            chunks, rate, spoken, empty, rtf = [], self._sample_rate, 0, [], None
+            for step in steps:
+                if isinstance(step.piece, Pause):
+                    chunks.append(protocol.silence(step.piece.seconds, rate))
+                    continue
+                try:
+                    result = self.engine.synthesize(step.piece.text, voice, step.options,
+                                                    should_cancel=self.should_cancel)
+                except self._empty as exc:
+                    empty.append((step, exc))
+                    continue
+                self._warn_dropped(result, meta)
+                rate, spoken, rtf = result.sample_rate, spoken + 1, result.real_time_factor
+                chunks.append(self._effects(protocol.audio_samples(result.audio), rate, adjustments))
+            if not spoken:
+                raise empty[0][1] if empty else PrimeSpeechError("the text has nothing to speak")
+            for step, exc in empty:
+                self._skip_empty_span(step, exc, meta)
+            samples = protocol.audio_samples(np.concatenate(chunks))
             if self.should_cancel():
                 raise self._cancelled("cancelled")
-            message = protocol.audio_message(samples, meta, result.sample_rate)
+            message = protocol.audio_message(samples, meta, rate, is_final=True, fragment_total=1,
+                                             is_silence=False, applied=applied)
             if not self._send(message):
                 raise PrimeSpeechError("sending the audio failed")
-            self._finish(meta, message.metadata["duration"], self.clock() - started, result.real_time_factor)
+            duration = message.metadata["duration"]
+            elapsed = self.clock() - started
+            if len(steps) > 1:
+                rtf = elapsed / duration
+            self._finish(meta, duration, elapsed, rtf)
             return
         pieces = 0
         duration = 0.0
         finished = False
-        stream = self.engine.stream(text, voice, options, should_cancel=self.should_cancel)
+        fragments = self._fragments(steps, voice, adjustments, meta)
         try:
-            for result in stream:
-                self._warn_dropped(result, meta)
-                samples = protocol.audio_samples(result.audio, allow_empty=True)
-                last = bool(result.is_last)
+            for samples, rate, last, is_silence, step_applied in fragments:
                 if len(samples) == 0:
                     if not (last and pieces):
                         continue
-                    samples = protocol.closing_fragment(result.sample_rate)
-                message = protocol.audio_message(samples, meta, result.sample_rate, fragment_index=pieces,
-                                                 is_last_fragment=last)
+                    samples, is_silence = protocol.closing_fragment(rate), True
+                message = protocol.audio_message(samples, meta, rate, fragment_index=pieces, is_last_fragment=last,
+                                                 is_final=last, fragment_total=pieces + 1 if last else None,
+                                                 is_silence=is_silence, applied=step_applied)
                 if not self._send(message):
                     raise PrimeSpeechError("sending the audio failed")
                 pieces += 1
@@ -440,15 +516,54 @@ class TTSNode:
                 if self.should_cancel():
                     raise self._cancelled("cancelled")
         finally:
-            close = getattr(stream, "close", None)
-            if close is not None:
-                close()
+            fragments.close()
         if pieces == 0:
             raise PrimeSpeechError("the engine produced no audio")
         if not finished:
             raise PrimeSpeechError("the engine's stream ended before its last piece")
         elapsed = self.clock() - started
         self._finish(meta, duration, elapsed, elapsed / duration if duration else None)
+
+    def _fragments(self, steps: list[_Step], voice: Any, adjustments: Adjustments,
+                   meta: dict[str, Any]) -> Iterator[tuple[Any, int, bool, bool, dict[str, float]]]:
+        """Streaming: (samples, sample rate, is the text's last, is silence, applied) for each engine piece
+        and each break, in order. A span with nothing speakable is skipped, unless it is the last piece and
+        nothing came before it (EmptyTextError then answers the text empty); when it is the last piece
+        after others, an empty last piece stands for it."""
+        rate = self._sample_rate
+        yielded = False
+        for index, step in enumerate(steps):
+            final = index == len(steps) - 1
+            if isinstance(step.piece, Pause):
+                yielded = True
+                yield protocol.silence(step.piece.seconds, rate), rate, final, True, step.applied
+                continue
+            stream = self.engine.stream(step.piece.text, voice, step.options, should_cancel=self.should_cancel)
+            ended = False
+            try:
+                for result in stream:
+                    self._warn_dropped(result, meta)
+                    samples = protocol.audio_samples(result.audio, allow_empty=True)
+                    rate, ended = result.sample_rate, bool(result.is_last)
+                    if len(samples):
+                        samples = self._effects(samples, rate, adjustments)
+                    yielded = True
+                    yield samples, rate, final and ended, False, step.applied
+                    if ended:
+                        break
+            except self._empty as exc:
+                if final and not yielded:
+                    raise
+                self._skip_empty_span(step, exc, meta)
+                if final:
+                    yield protocol.audio_samples([], allow_empty=True), rate, True, False, step.applied
+                continue
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            if not ended:
+                raise PrimeSpeechError("the engine's stream ended before its last piece")
 
     def _warn_dropped(self, source: Any, meta: dict[str, Any], outcome: str = "the rest is spoken") -> bool:
         """Log text the engine dropped as unspeakable (`dropped` of a Result or an EmptyTextError, e.g.
@@ -544,4 +659,11 @@ class TTSNode:
             requests=self.stats.requests,
             error=self.startup_error or self.voice_error,
             extra=extra,
+            memory=self._memory(),
         ))
+
+    def _memory(self) -> dict[str, float | None]:
+        """The process's resident memory and MLX's peak memory (None where unknown), in MB."""
+        # MLX is loaded with an engine only
+        return protocol.memory_report(runtime.resident_bytes(),
+                                      runtime.mlx_peak_bytes() if self.engine is not None else None)

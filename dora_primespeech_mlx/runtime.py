@@ -408,3 +408,40 @@ def accelerate(model: M) -> M:
     from . import cpu
 
     return cpu.accelerate(model)
+
+
+# -- memory ----------------------------------------------------------------------------------------
+class _RusageInfoV0(ctypes.Structure):
+    """macOS `struct rusage_info_v0` (sys/resource.h), for proc_pid_rusage."""
+
+    _fields_ = [("ri_uuid", ctypes.c_uint8 * 16)] + [(name, ctypes.c_uint64) for name in (
+        "ri_user_time", "ri_system_time", "ri_pkg_idle_wkups", "ri_interrupt_wkups", "ri_pageins",
+        "ri_wired_size", "ri_resident_size", "ri_phys_footprint", "ri_proc_start_abstime",
+        "ri_proc_exit_abstime")]
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size: /proc on Linux, proc_pid_rusage on macOS; None elsewhere."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    if sys.platform == "darwin":
+        try:
+            info = _RusageInfoV0()
+            if ctypes.CDLL("/usr/lib/libSystem.B.dylib").proc_pid_rusage(os.getpid(), 0, ctypes.byref(info)) == 0:
+                return int(info.ri_resident_size)
+        except (OSError, AttributeError):
+            pass
+    return None
+
+
+def mlx_peak_bytes() -> int | None:
+    """MLX's peak memory (`mx.get_peak_memory`), None where MLX cannot tell."""
+    import mlx.core as mx
+
+    try:
+        return int(mx.get_peak_memory())
+    except Exception:  # an MLX without get_peak_memory or a broken install: unknown
+        return None

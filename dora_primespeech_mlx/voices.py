@@ -19,6 +19,12 @@ User voices use the same entry format (`gpt_weights`, `sovits_weights`, `referen
 bare `{name: entry}` mapping. Relative paths are resolved against `<model_root>/moyoyo`. They are read
 from `<model_root>/voices.json` when that file exists and from an explicit file (the node passes
 PRIMESPEECH_VOICES_FILE); a user voice with a built-in's name replaces it.
+
+Two settings of the original dora-primespeech shape the registry (`VoiceRegistry.from_config`): REPOSITORY,
+the hub repository the built-in voices and the shared encoders come from, and GPT_MODEL_PATH,
+SOVITS_MODEL_PATH, REFERENCE_AUDIO_PATH, files that replace VOICE_NAME's own (`voice_files`). An override
+path is resolved like a voices.json path (absolute, `~`, or relative to `<model_root>/moyoyo`); the
+original declared these variables without ever reading them, so it fixes no other base.
 """
 
 from __future__ import annotations
@@ -26,11 +32,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from .config import FILE_OVERRIDES, NodeConfig
 from .errors import PrimeSpeechError
 
 logger = logging.getLogger(__name__)
@@ -38,6 +46,7 @@ logger = logging.getLogger(__name__)
 CUSTOM_LANGS = ("zh", "en", "ja", "auto")
 ENCODER_KINDS = ("hubert", "roberta")
 _REQUIRED_KEYS = ("gpt_weights", "sovits_weights", "reference_audio", "prompt_text")
+_FILE_KEYS = ("gpt_weights", "sovits_weights", "reference_audio")
 
 
 @dataclass(frozen=True)
@@ -135,16 +144,26 @@ def normalize_name(name: str) -> str:
 
 
 class VoiceRegistry:
-    """Built-in and user voices, resolved against one model root."""
+    """Built-in and user voices, resolved against one model root.
 
-    def __init__(self, model_root: str | os.PathLike, user_voices_file: str | os.PathLike | None = None):
+    `repository` replaces the hub repository of the built-in voices and the shared encoders (REPOSITORY);
+    `voice_files` maps a voice name to files replacing its own, by voices.json key (`gpt_weights`,
+    `sovits_weights`, `reference_audio`). A name no voice answers to (the node then falls back to the
+    default voice, as the original did) gives its files to the default voice. An override file is not
+    checked here: a missing one makes the voice fail to load, with `missing_message` saying why.
+    """
+
+    def __init__(self, model_root: str | os.PathLike, user_voices_file: str | os.PathLike | None = None, *,
+                 repository: str | None = None,
+                 voice_files: Mapping[str, Mapping[str, str | os.PathLike]] | None = None):
         self.root = ModelRoot(Path(model_root))
         self.model_root = self.root.path
         self.config = builtin_config()
-        self.repository: str = self.config["repository"]
+        self.repository: str = repository or self.config["repository"]
         self.default_voice: str = self.config["default_voice"]
         self._entries: dict[str, dict[str, Any]] = {}
         self._builtin: set[str] = set()
+        self._overrides: dict[str, dict[str, Path]] = {}  # canonical name -> voices.json key -> file
         for name, entry in self.config["voices"].items():
             self._add(name, dict(entry, repository=self.repository), builtin=True)
         if self.root.user_voices.is_file():
@@ -154,6 +173,19 @@ class VoiceRegistry:
             if not path.is_file():
                 raise PrimeSpeechError(f"user voices file not found: {path} (check PRIMESPEECH_VOICES_FILE)")
             self._load_user_file(path, strict=True)
+        for name, files in (voice_files or {}).items():
+            self._override(name, files)
+
+    @classmethod
+    def from_config(cls, config: NodeConfig, model_root: str | os.PathLike | None = None,
+                    user_voices_file: str | os.PathLike | None = None) -> VoiceRegistry:
+        """The registry the configuration describes: its model root and user voices file (unless given
+        here), REPOSITORY, and GPT_MODEL_PATH / SOVITS_MODEL_PATH / REFERENCE_AUDIO_PATH for VOICE_NAME."""
+        overrides = config.file_overrides()
+        return cls(config.model_dir if model_root is None else model_root,
+                   config.voices_file if user_voices_file is None else user_voices_file,
+                   repository=config.repository,
+                   voice_files={config.voice_name: overrides} if overrides else None)
 
     # -- layout (the engine's view of `root`) -------------------------------------------------------
     @property
@@ -173,6 +205,10 @@ class VoiceRegistry:
         """Voice names, built-ins first in the original's order, then user voices."""
         return list(self._entries)
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a voice of this registry (built-in or user)."""
+        return self._canonical(name) is not None
+
     def is_builtin(self, name: str) -> bool:
         return self._canonical(name) in self._builtin
 
@@ -181,7 +217,7 @@ class VoiceRegistry:
         canonical = self._canonical(name)
         if canonical is None:
             raise PrimeSpeechError(f"unknown voice {name!r}; known: {', '.join(self.names())}")
-        entry = self._entries[canonical]
+        entry = dict(self._entries[canonical], **self._overrides.get(canonical, {}))
         return Voice(
             name=canonical,
             gpt_path=self.root.resolve(entry["gpt_weights"]),
@@ -194,7 +230,7 @@ class VoiceRegistry:
         )
 
     def entry(self, name: str) -> dict[str, Any]:
-        """The raw table entry of a voice (paths as written in the JSON)."""
+        """The raw table entry of a voice (paths as written in the JSON, overrides not applied)."""
         self.get(name)
         return dict(self._entries[self._canonical(name)])
 
@@ -207,6 +243,31 @@ class VoiceRegistry:
         voice = self.get(name)
         needed = [voice.gpt_path, voice.sovits_path, voice.ref_audio, *self.encoder_files()]
         return [p for p in needed if not p.is_file()]
+
+    def overridden(self, name: str) -> dict[str, Path]:
+        """The voice's files replaced by `voice_files`, by voices.json key, as resolved paths."""
+        canonical = self._canonical(name)
+        return {key: self.root.resolve(path) for key, path in self._overrides.get(canonical or "", {}).items()}
+
+    def missing_message(self, name: str) -> str | None:
+        """None when the voice is installed, else what is missing and what to do: fix or unset an override
+        variable that names no file, or download the voice (from `repository`)."""
+        missing = self.missing_files(name)
+        if not missing:
+            return None
+        voice = self.get(name)
+        wrong = [(key, path) for key, path in self.overridden(name).items() if path in missing]
+        if wrong:
+            return "; ".join(f"voice {voice.name!r}: {FILE_OVERRIDES[key]} names {path}, which does not exist: "
+                             f"point it at the voice's {key.replace('_', ' ')} file or unset it"
+                             for key, path in wrong)
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        message = f"voice {voice.name!r} is not installed in {self.model_root} (missing {missing[0]}{more}): "
+        source = self._entries[voice.name].get("repository")
+        if not source:
+            return message + "it is a user voice without a hub repository: copy its files there by hand"
+        return (message + f"run `primespeech-mlx download --voice \"{voice.name}\" --model-root {self.model_root}` "
+                f"(it downloads from the Hugging Face repository {source}; REPOSITORY names another)")
 
     def installed(self, name: str) -> bool:
         """True when the voice's weights, reference clip and the shared encoders are all present."""
@@ -257,6 +318,16 @@ class VoiceRegistry:
         self._entries[name] = entry
         if builtin:
             self._builtin.add(name)
+
+    def _override(self, name: str, files: Mapping[str, str | os.PathLike]) -> None:
+        unknown = sorted(set(files) - set(_FILE_KEYS))
+        if unknown:
+            raise ValueError(f"voice_files: unknown keys {unknown}: expected some of {', '.join(_FILE_KEYS)}")
+        canonical = self._canonical(name)
+        if canonical is None:
+            canonical = self._canonical(self.default_voice) or self.default_voice
+            logger.warning("file overrides for unknown voice %r apply to %r", name, canonical)
+        self._overrides.setdefault(canonical, {}).update({key: Path(path) for key, path in files.items()})
 
     def _load_user_file(self, path: Path, *, strict: bool) -> None:
         try:

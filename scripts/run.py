@@ -4,8 +4,10 @@
     make run VOICE="Luo Xiang" TEXT="..."    # any installed voice; NAME=x writes out/x.wav
     make run VOICE=test                      # a voice with random weights generated here: it speaks noise
 
-A voice that is not installed is downloaded first (with progress); offline, it stops at once with one
-message saying how to download it later or to try the random-weight test voice.
+A voice that is not installed is downloaded first (with progress) from REPOSITORY (default
+MoYoYoTech/tone-models); offline, it stops at once with one message saying how to download it later or to
+try the random-weight test voice. GPT_MODEL_PATH, SOVITS_MODEL_PATH and REFERENCE_AUDIO_PATH replace the
+voice's files, as in the node; one that names no file stops it at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ def voice_files(voice: str, env: dict[str, str]):
     from dora_primespeech_mlx.voices import VoiceRegistry
 
     config, _ = NodeConfig.from_env(env)
-    registry = VoiceRegistry(config.model_dir, config.voices_file)
+    registry = VoiceRegistry.from_config(config)
     return registry, registry.get(voice).name, registry.missing_files(voice)
 
 
@@ -44,13 +46,17 @@ def fetch_voice(voice: str, env: dict[str, str]) -> str | None:
         return f"{exc}\nList the voices with: primespeech-mlx voices"
     if not missing:
         return None
+    if any(path in missing for path in registry.overridden(name).values()):
+        return registry.missing_message(name)  # GPT_MODEL_PATH & co. name no file: nothing to download
     root = f" --model-root {registry.model_root}" if "PRIMESPEECH_MODEL_DIR" in env else ""
+    repository = f"REPOSITORY={registry.repository} " if "REPOSITORY" in env else ""
     print(f"The voice {name!r} is not installed in {registry.model_root}: downloading it (once).", flush=True)
     try:
         run_download(download_plan(registry, [name], with_g2pw=False))
     except PrimeSpeechError as exc:
         return (f"The voice {name!r} could not be downloaded: {exc}\n"
-                f"Download it later with:  primespeech-mlx download --voice \"{name}\"{root}\n"
+                f"Download it later (from {registry.repository}) with:  "
+                f"{repository}primespeech-mlx download --voice \"{name}\"{root}\n"
                 "or try the pipeline now on random weights with:  make run VOICE=test")
     return None
 

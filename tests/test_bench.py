@@ -95,3 +95,13 @@ def test_random_weights_load_through_the_package_loader(tmp_path):
     (weights,) = [load_file(str(path)) for path in folder.glob("*.safetensors")]
     assert not weights["ar_predict_layer.weight"][1024].any()  # EOS's row: greedy decoding never stops early
     assert load_random_model("t2s", tmp_path / "t2s-loaded", {"n_layer": 1}).args.n_layer == 1
+
+
+def test_effects_bench_times_pitch_and_volume():
+    import argparse
+
+    from primespeech_devtools.bench import effects
+
+    result = effects.run(argparse.Namespace(seconds=1.0, semitones=2.0, repeats=1))
+    assert result["pitch_shift_ms_per_audio_second"] > 0 and result["volume_ms_per_audio_second"] > 0
+    assert result["semitones"] == 2.0

@@ -452,3 +452,48 @@ def test_a_failed_download_into_a_new_root_removes_the_root(tmp_path):
     with pytest.raises(PrimeSpeechError):
         run_download(download_plan(VoiceRegistry(root), ["Maple"], with_g2pw=False), hub=failing, probe=False)
     assert list(tmp_path.iterdir()) == []
+
+
+# ------------------------------------------------------------------ REPOSITORY and the file overrides
+def test_download_plan_uses_the_repository_and_skips_overridden_files(tmp_path):
+    reg = VoiceRegistry(tmp_path, repository="mirror/tones",
+                        voice_files={"Maple": {"gpt_weights": tmp_path / "mine.ckpt"}})
+    plan = download_plan(reg, ["Maple"], with_g2pw=False)
+    assert {r for r, _, _ in plan} == {"mirror/tones"}
+    files = [f for _, f, _ in plan]
+    assert "SoVITS_weights/maple_best_sovits.pth" in files and "ref_audios/maple_ref.wav" in files
+    assert not [f for f in files if "GPT_weights" in f]
+
+
+def test_download_command_takes_repository_from_the_environment(tmp_path, monkeypatch, capsys):
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(
+        hf_hub_download=hub.hf_hub_download, snapshot_download=hub.snapshot_download))
+    monkeypatch.setattr(commands, "hub_problem", lambda endpoint: None)
+    monkeypatch.setenv("REPOSITORY", "mirror/tones")
+    assert cli.main(["download", "--voice", "Cove", "--model-root", str(tmp_path)]) == 0
+    assert {repo for repo, _, _ in hub.calls} == {"mirror/tones"}
+    assert "downloaded from mirror/tones" in capsys.readouterr().err
+
+
+def test_download_with_an_override_naming_no_file_says_so_and_fails(tmp_path, monkeypatch, capsys):
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(
+        hf_hub_download=hub.hf_hub_download, snapshot_download=hub.snapshot_download))
+    monkeypatch.setattr(commands, "hub_problem", lambda endpoint: None)
+    monkeypatch.setenv("VOICE_NAME", "Cove")
+    monkeypatch.setenv("GPT_MODEL_PATH", str(tmp_path / "nowhere.ckpt"))
+    assert cli.main(["download", "--voice", "Cove", "--model-root", str(tmp_path)]) == 1
+    assert not [f for _, f, _ in hub.calls if "GPT_weights" in f]
+    assert f"GPT_MODEL_PATH names {tmp_path / 'nowhere.ckpt'}, which does not exist" in capsys.readouterr().err
+
+
+def test_say_names_a_missing_override_and_the_repository(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REPOSITORY", "mirror/tones")
+    assert cli.main(["say", "hi", "--voice", "Maple", "--model-root", str(tmp_path)]) == 2
+    assert "Hugging Face repository mirror/tones" in capsys.readouterr().err
+    monkeypatch.setenv("VOICE_NAME", "Maple")
+    monkeypatch.setenv("REFERENCE_AUDIO_PATH", "ref_audios/none.wav")
+    assert cli.main(["say", "hi", "--voice", "Maple", "--model-root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"REFERENCE_AUDIO_PATH names {tmp_path / 'moyoyo' / 'ref_audios' / 'none.wav'}" in err

@@ -18,6 +18,8 @@ DEFAULTS = {
     "use_gpu": False, "legacy_device": "cpu", "log_level": "INFO", "sample_rate": 32000, "num_threads": 4,
     "device": "auto", "dtype": "auto", "voices_file": None, "encoder_backend": "auto", "max_voices": 3,
     "max_text_chars": 5000, "stream_chunk": 16, "cpu_kernels": "auto", "hf_endpoint": None, "hf_hub_offline": False,
+    "gpt_model_path": None, "sovits_model_path": None, "reference_audio_path": None,
+    "repository": "MoYoYoTech/tone-models",
 }
 
 
@@ -39,7 +41,8 @@ def test_every_variable_is_read():
         "PRIMESPEECH_DEVICE": "CPU", "PRIMESPEECH_DTYPE": "float16", "PRIMESPEECH_VOICES_FILE": "/v.json",
         "PRIMESPEECH_ENCODER_BACKEND": "coreml", "PRIMESPEECH_MAX_VOICES": "5",
         "PRIMESPEECH_MAX_TEXT_CHARS": "300", "PRIMESPEECH_STREAM_CHUNK": "0", "PRIMESPEECH_CPU_KERNELS": "OFF",
-        "HF_ENDPOINT": "https://mirror.example", "HF_HUB_OFFLINE": "1",
+        "HF_ENDPOINT": "https://mirror.example", "HF_HUB_OFFLINE": "1", "GPT_MODEL_PATH": "/w/a.ckpt",
+        "SOVITS_MODEL_PATH": "SoVITS_weights/b.pth", "REFERENCE_AUDIO_PATH": "~/c.wav", "REPOSITORY": "me/my-voices",
     }
     config, problems = NodeConfig.from_env(env)
     assert problems == []
@@ -50,7 +53,8 @@ def test_every_variable_is_read():
         use_gpu=True, legacy_device="cuda:0", log_level="DEBUG", sample_rate=16000, num_threads=2,
         device="cpu", dtype="float16", voices_file=Path("/v.json"), encoder_backend="coreml", max_voices=5,
         max_text_chars=300, stream_chunk=0, cpu_kernels="off", hf_endpoint="https://mirror.example",
-        hf_hub_offline=True)
+        hf_hub_offline=True, gpt_model_path=Path("/w/a.ckpt"), sovits_model_path=Path("SoVITS_weights/b.pth"),
+        reference_audio_path=Path(os.path.expanduser("~/c.wav")), repository="me/my-voices")
     notes = " ".join(config.notes())
     assert "USE_GPU" in notes and "PRIMESPEECH_DEVICE=cpu" in notes and "SAMPLE_RATE=16000" in notes
 
@@ -103,12 +107,36 @@ def test_prompt_lang_auto_means_the_voices_language():
     ("PRIMESPEECH_MAX_VOICES", "0", "max_voices", 3, "[1, 64]"),
     ("PRIMESPEECH_MAX_TEXT_CHARS", "many", "max_text_chars", 5000, "an integer"),
     ("PRIMESPEECH_CPU_KERNELS", "on", "cpu_kernels", "auto", "one of auto, off"),
+    ("REPOSITORY", "tone-models", "repository", "MoYoYoTech/tone-models", "owner/name"),
+    ("REPOSITORY", "https://huggingface.co/a/b", "repository", "MoYoYoTech/tone-models", "owner/name"),
+    ("REPOSITORY", "a/b--c", "repository", "MoYoYoTech/tone-models", "owner/name"),
 ])
 def test_invalid_values_are_problems_and_use_the_default(name, value, field, default, hint):
     config, problems = NodeConfig.from_env({name: value})
     assert getattr(config, field) == default
     assert len(problems) == 1
     assert problems[0].startswith(f"invalid {name}={value!r}: expected ") and hint in problems[0]
+
+
+def test_file_overrides_are_the_originals_variables_by_voices_json_key():
+    config, problems = NodeConfig.from_env({"GPT_MODEL_PATH": "$W/a.ckpt", "REFERENCE_AUDIO_PATH": " ",
+                                            "W": "/weights"})
+    assert problems == []
+    assert config.file_overrides() == {"gpt_weights": Path("/weights/a.ckpt")}
+    assert NodeConfig.from_env({})[0].file_overrides() == {}
+    relative = NodeConfig.from_env({"SOVITS_MODEL_PATH": "SoVITS_weights/x.pth"})[0]
+    assert relative.file_overrides() == {"sovits_weights": Path("SoVITS_weights/x.pth")}  # the registry resolves it
+
+
+def test_an_override_naming_an_unset_variable_is_a_problem_and_the_voices_own_file_is_used():
+    config, problems = NodeConfig.from_env({"GPT_MODEL_PATH": "$MODELS/a.ckpt", "SOVITS_MODEL_PATH": "/b.pth"})
+    assert config.gpt_model_path is None and config.sovits_model_path == Path("/b.pth")
+    assert problems == ["invalid GPT_MODEL_PATH='$MODELS/a.ckpt': $MODELS is not set; using the voice's own file"]
+
+
+@pytest.mark.parametrize("repository", ["MoYoYoTech/tone-models", "a/b", "user_1/my.voices-2"])
+def test_repository_ids(repository):
+    assert NodeConfig.from_env({"REPOSITORY": repository}) == (NodeConfig(repository=repository), [])
 
 
 def test_several_problems_are_all_reported():

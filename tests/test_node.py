@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 import time
 
 import numpy as np
@@ -74,15 +75,23 @@ def statuses(node):
     return out
 
 
+ADDED = ("is_final", "fragment_total", "is_silence", "speed", "pitch", "volume")  # issue 14's audio fields
+
+
 def check_audio(data, meta, expected_meta, samples=None):
+    """The audio payload and its metadata exactly, less the ADDED fields, whose types are checked here (and
+    values by the tests of them)."""
     assert type(data) is pa.ListArray and data.type == AUDIO_TYPE and len(data) == 1
     values = data.values.to_numpy()
     assert values.dtype == np.float32
     if samples is not None:
         np.testing.assert_array_equal(values, samples)
     expected = dict(expected_meta, sample_rate=SAMPLE_RATE, duration=len(values) / SAMPLE_RATE)
-    assert meta == expected
+    assert {k: v for k, v in meta.items() if k not in ADDED} == expected
     assert type(meta["sample_rate"]) is int and type(meta["duration"]) is float
+    assert type(meta["is_final"]) is bool and type(meta["is_silence"]) is bool
+    assert all(type(meta[k]) is float for k in ("speed", "pitch", "volume"))
+    assert type(meta.get("fragment_total", 0)) is int
 
 
 def check_string(data, value):
@@ -118,9 +127,11 @@ def test_status_on_start_and_after_each_request_and_stop():
     states = statuses(node)
     assert [s["event"] for s in states] == ["start", "request", "request", "stop"]
     start = states[0]
+    memory = {k: start.pop(k) for k in ("rss_mb", "mlx_peak_mb")}  # values: test_status_reports_memory
     assert start == {"node": NODE_NAME, "event": "start", "state": "ready", "voice": "Doubao", "device": "cpu",
                      "encoder_backend": "mlx", "streaming": False, "queue_depth": 0, "last_rtf": None,
                      "requests": 0, "error": None}
+    assert all(value is None or type(value) is float for value in memory.values())
     assert states[1]["last_rtf"] == 0.25 and states[2]["requests"] == 2
     assert states[-1]["state"] == "stopped"
 
@@ -708,3 +719,198 @@ def test_a_cancel_after_the_last_fragment_leaves_the_text_completed():
                             env={"RETURN_FRAGMENT": "true"})
     assert answers(node) == [("audio", None), ("segment_complete", "completed")]
     assert node.of("audio")[0][1]["is_last_fragment"] is True
+
+
+# ------------------------------------------- issue 14: audio metadata, payload adjustments, SSML, memory
+STREAM = {"RETURN_FRAGMENT": "true"}
+APPLIED_DEFAULT = {"speed": 1.1, "pitch": 0.0, "volume": 100.0}  # Doubao's own speed, no effects
+
+
+def added(meta):
+    return {k: meta[k] for k in ADDED if k in meta}
+
+
+def dominant_hz(samples):
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(len(samples))))
+    return float(np.argmax(spectrum)) * SAMPLE_RATE / len(samples)
+
+
+def test_batch_audio_metadata_is_final_with_one_fragment():
+    node, _ = run([text("One. Two.", question_id="q")])
+    (data, meta), = node.of("audio")
+    check_audio(data, meta, {"question_id": "q", "session_status": "unknown"})
+    assert added(meta) == {"is_final": True, "fragment_total": 1, "is_silence": False, **APPLIED_DEFAULT}
+    assert "fragment_index" not in meta and "is_last_fragment" not in meta
+
+
+def test_streaming_audio_metadata_marks_the_final_fragment():
+    node, _ = run([text("One. Two. Three.")], env=STREAM)
+    metas = [meta for _, meta in node.of("audio")]
+    assert [m["is_final"] for m in metas] == [m["is_last_fragment"] for m in metas] == [False, False, True]
+    assert [m.get("fragment_total") for m in metas] == [None, None, 3]  # known only once the last is sent
+    assert all(m["is_silence"] is False and {k: m[k] for k in APPLIED_DEFAULT} == APPLIED_DEFAULT for m in metas)
+
+
+def test_streaming_failure_leaves_no_fragment_final():
+    node, _ = run([text("One. Two FAIL_HERE.")], env=STREAM)
+    assert answers(node) == [("audio", None), ("segment_complete", "error")]
+    assert node.of("audio")[0][1]["is_final"] is False and "fragment_total" not in node.of("audio")[0][1]
+
+
+@pytest.mark.parametrize("payload, speed", [
+    ({"prompt": "One.", "speed": 1.5}, 1.5),
+    ({"prompt": "One.", "speed": 7}, 2.0),
+    ({"prompt": {"prompt": "One.", "speed": 0.2}}, 0.5),
+    ({"prompt": json.dumps({"prompt": {"prompt": "One.", "speed": 1.25}})}, 1.25),
+    ({"prompt": "One."}, 1.1),
+])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_payload_speed_goes_to_the_engine_and_is_echoed(payload, speed, streaming):
+    node, engine = run([text(json.dumps(payload))], env=STREAM if streaming else {})
+    assert engine.calls[0][1] == "One." and engine.calls[0][3].speed == pytest.approx(speed)
+    (_, meta), = node.of("audio")
+    assert (meta["speed"], meta["pitch"], meta["volume"]) == (pytest.approx(speed), 0.0, 100.0)
+
+
+def test_payload_speed_replaces_speed_factor():
+    node, engine = run([text('{"prompt": "One.", "speed": 0.9}'), text("Two.")], env={"SPEED_FACTOR": "1.3"})
+    assert [c[3].speed for c in engine.calls] == [0.9, 1.3]
+    assert [m["speed"] for _, m in node.of("audio")] == [0.9, 1.3]
+
+
+@pytest.mark.parametrize("raw, error", [
+    ('{"prompt": "One.", "speed": "fast"}', 'the "speed" field must be a number, got "fast"'),
+    ('{"prompt": {"prompt": "One.", "pitch": [1]}}', 'the "pitch" field must be a number, got [1]'),
+    ('{"prompt": "One.", "volume": true}', 'the "volume" field must be a number, got true'),
+    ('{"prompt": {"prompt": {"prompt": {"prompt": "One."}}}}', "at most 2 levels deep"),
+])
+def test_bad_payload_fields_are_answered_with_an_error(raw, error):
+    node, engine = run([text(raw, question_id="bad"), text("after.", question_id="ok")])
+    assert answers(node) == [("segment_complete", "error"), ("audio", None), ("segment_complete", "completed")]
+    assert error in node.of("segment_complete")[0][1]["error"]
+    assert [c[1] for c in engine.calls] == ["after."]
+
+
+@pytest.mark.parametrize("volume, gain", [(50, 0.5), (0, 0.0), (100, 1.0), (150, 1.5), (300, 2.0)])
+def test_volume_is_a_clipped_gain(volume, gain):
+    node, engine = run([text(json.dumps({"prompt": "One.", "volume": volume}))])
+    (data, meta), = node.of("audio")
+    expected = np.clip(tone("One.", engine.registry.get("Doubao")) * np.float32(gain), -1.0, 32767 / 32768)
+    np.testing.assert_allclose(data.values.to_numpy(), expected, atol=1e-7)
+    assert data.values.to_numpy().max() < 1.0 and meta["volume"] == min(volume, 200)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_pitch_shift_moves_the_pitch_and_keeps_the_length(streaming):
+    sentence = "a" * 200 + "."  # long enough for the phase vocoder
+    node, engine = run([text(json.dumps({"prompt": sentence, "pitch": 12, "volume": 200}))],
+                       env=STREAM if streaming else {})
+    (data, meta), = node.of("audio")
+    shifted = data.values.to_numpy()
+    original = tone(sentence, engine.registry.get("Doubao"))
+    assert shifted.shape == original.shape and shifted.dtype == np.float32
+    assert dominant_hz(shifted) == pytest.approx(2 * dominant_hz(original), rel=0.03)  # an octave up
+    assert shifted.max() < 1.0 and shifted.min() >= -1.0
+    assert (meta["pitch"], meta["volume"]) == (12.0, 200.0)
+
+
+def test_pitch_without_librosa_is_answered_with_an_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "librosa", None)  # import librosa -> ImportError
+    node, engine = run([text('{"prompt": "One.", "pitch": 2}'), text('{"prompt": "Two.", "volume": 50}')])
+    assert answers(node) == [("segment_complete", "error"), ("audio", None), ("segment_complete", "completed")]
+    error = node.of("segment_complete")[0][1]["error"]
+    assert "needs librosa" in error and "pip install 'dora-primespeech-mlx[pitch]'" in error
+    assert [c[1] for c in engine.calls] == ["Two."]  # failed before synthesis
+
+
+SSML = '<speak>One.<break time="500ms"/><prosody rate="150%">Two.</prosody></speak>'
+
+
+def test_ssml_in_batch_mode_is_one_audio_with_the_break_as_silence():
+    node, engine = run([text(SSML, question_id="q")])
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    doubao = engine.registry.get("Doubao")
+    (data, meta), = node.of("audio")
+    check_audio(data, meta, {"question_id": "q", "session_status": "unknown"},
+                samples=np.concatenate([tone("One.", doubao), np.zeros(16000, np.float32), tone("Two.", doubao)]))
+    assert added(meta) == {"is_final": True, "fragment_total": 1, "is_silence": False, **APPLIED_DEFAULT}
+    assert [(c[1], c[3].speed) for c in engine.calls] == [("One.", 1.1), ("Two.", pytest.approx(1.65))]
+
+
+def test_ssml_streaming_sends_each_break_as_a_silence_fragment():
+    node, engine = run([text(SSML)], env=STREAM)
+    assert answers(node) == [("audio", None)] * 3 + [("segment_complete", "completed")]
+    fragments = node.of("audio")
+    silence = fragments[1][0].values.to_numpy()
+    assert silence.shape == (16000,) and not silence.any()
+    metas = [m for _, m in fragments]
+    assert [m["fragment_index"] for m in metas] == [0, 1, 2]
+    assert [m["is_silence"] for m in metas] == [False, True, False]
+    assert [m["is_final"] for m in metas] == [m["is_last_fragment"] for m in metas] == [False, False, True]
+    assert [m.get("fragment_total") for m in metas] == [None, None, 3]
+    assert [m["speed"] for m in metas] == [1.1, 1.1, 1.65]  # each fragment echoes its span's speed
+    assert metas[1]["duration"] == 0.5
+
+
+def test_ssml_ending_with_a_break_ends_with_the_silence_fragment():
+    node, _ = run([text('<speak>One. Two.<break time="1s"/></speak>')], env=STREAM)
+    metas = [m for _, m in node.of("audio")]
+    assert [(m["is_silence"], m["is_final"]) for m in metas] == [(False, False), (False, False), (True, True)]
+    assert metas[-1]["duration"] == 1.0 and metas[-1]["fragment_total"] == 3
+    node, _ = run([text('<speak>One.<break time="1s"/></speak>')])
+    assert node.of("audio")[0][1]["duration"] == pytest.approx(640 / SAMPLE_RATE + 1.0)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_ssml_sentences_and_paragraphs_are_separate_engine_calls(streaming):
+    node, engine = run([text("<speak><p><s>Hello there</s><s>good bye</s></p></speak>")],
+                       env=STREAM if streaming else {})
+    assert [c[1] for c in engine.calls] == ["Hello there", "good bye"]
+    assert answers(node)[-1] == ("segment_complete", "completed")
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_malformed_ssml_is_answered_with_where(streaming):
+    node, engine = run([text("<speak>One.<break time='soon'/></speak>", question_id="bad"),
+                        text("<speak>unclosed", question_id="bad2"), text("ok.", question_id="ok")],
+                       env=STREAM if streaming else {})
+    done = [(m["question_id"], d.to_pylist()[0], m.get("error")) for d, m in node.of("segment_complete")]
+    assert done[0][:2] == ("bad", "error") and done[0][2].startswith("malformed SSML at line 1, column 12: <break>")
+    assert done[1][:2] == ("bad2", "error") and done[1][2].startswith("malformed SSML at line 1, column 16")
+    assert done[2][:2] == ("ok", "completed") and [c[1] for c in engine.calls] == ["ok."]
+
+
+def test_ssml_with_only_breaks_is_empty():
+    node, engine = run([text('<speak><break time="1s"/><s>。</s></speak>')])
+    assert answers(node) == [("segment_complete", "skipped"), ("segment_complete", "empty")]
+    assert engine.calls == []
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_an_ssml_span_with_nothing_speakable_is_skipped(streaming):
+    node, engine = run([text('<speak><s>EMPTY_ENGINE</s><break time="100ms"/><s>Two.</s></speak>')],
+                       env=STREAM if streaming else {})
+    assert answers(node)[-1] == ("segment_complete", "completed")
+    assert any("nothing speakable in the span 'EMPTY_ENGINE'" in line for line in logs(node, "WARNING"))
+    samples = np.concatenate([d.values.to_numpy() for d, _ in node.of("audio")])
+    np.testing.assert_array_equal(samples, np.concatenate([np.zeros(3200, np.float32),
+                                                           tone("Two.", engine.registry.get("Doubao"))]))
+
+
+def test_an_empty_last_ssml_span_after_audio_is_closed_by_a_short_silence():
+    node, _ = run([text("<speak><s>One.</s><s>EMPTY_ENGINE</s></speak>")], env=STREAM)
+    metas = [m for _, m in node.of("audio")]
+    assert [(m["is_final"], m["is_silence"]) for m in metas] == [(False, False), (True, True)]
+    assert metas[-1]["duration"] <= 0.05 and answers(node)[-1] == ("segment_complete", "completed")
+    node, _ = run([text("<speak><s>EMPTY_ENGINE</s></speak>")], env=STREAM)  # nothing at all: empty
+    assert answers(node) == [("segment_complete", "skipped"), ("segment_complete", "empty")]
+
+
+def test_status_and_stats_report_memory():
+    node, _ = run([text("One."), control("stats")])
+    for status in statuses(node):
+        assert type(status["rss_mb"]) is float and status["rss_mb"] > 10  # this test process
+        assert type(status["mlx_peak_mb"]) is float and status["mlx_peak_mb"] >= 0
+    assert any("resident memory" in line and "MB, MLX peak memory" in line for line in logs(node, "INFO"))
+    node, _ = run([text("One.")], engine=None, startup_error="no models")
+    assert statuses(node)[0]["mlx_peak_mb"] is None and statuses(node)[0]["rss_mb"] > 10

@@ -36,8 +36,8 @@ def test_the_module_is_pure():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add("." * node.level + (node.module or ""))
-    assert imported <= {"__future__", "json", "collections.abc", "dataclasses", "pathlib", "typing", "numpy",
-                        "pyarrow", ".errors", ".voices"}
+    assert imported <= {"__future__", "json", "math", "re", "collections.abc", "dataclasses", "pathlib", "typing",
+                        "xml.parsers", "numpy", "pyarrow", ".errors", ".voices"}
 
 
 # ------------------------------------------------------------------------------------- VOICE: grammar
@@ -280,3 +280,164 @@ def test_status_message():
 ])
 def test_error_text(exc, text):
     assert protocol.error_text(exc) == text
+
+
+# ------------------------------------------------------------------- payload speed / pitch / volume
+Adjustments = protocol.Adjustments
+
+
+@pytest.mark.parametrize("payload, adjustments", [
+    ({"prompt": "a"}, Adjustments()),
+    ({"prompt": "a", "speed": 1.5}, Adjustments(speed=1.5)),
+    ({"prompt": "a", "speed": 1}, Adjustments(speed=1.0)),
+    ({"prompt": "a", "speed": 0.5}, Adjustments(speed=0.5)),
+    ({"prompt": "a", "speed": 2.0}, Adjustments(speed=2.0)),
+    ({"prompt": "a", "speed": 0.1}, Adjustments(speed=0.5)),  # clamped
+    ({"prompt": "a", "speed": 9}, Adjustments(speed=2.0)),
+    ({"prompt": "a", "speed": -1}, Adjustments(speed=0.5)),
+    ({"prompt": "a", "pitch": 3}, Adjustments(pitch=3.0)),
+    ({"prompt": "a", "pitch": -4.5}, Adjustments(pitch=-4.5)),
+    ({"prompt": "a", "pitch": 12}, Adjustments(pitch=12.0)),
+    ({"prompt": "a", "pitch": -12}, Adjustments(pitch=-12.0)),
+    ({"prompt": "a", "pitch": 13}, Adjustments(pitch=12.0)),
+    ({"prompt": "a", "pitch": -40}, Adjustments(pitch=-12.0)),
+    ({"prompt": "a", "volume": 50}, Adjustments(volume=50.0)),
+    ({"prompt": "a", "volume": 0}, Adjustments(volume=0.0)),
+    ({"prompt": "a", "volume": 200}, Adjustments(volume=200.0)),
+    ({"prompt": "a", "volume": 250}, Adjustments(volume=200.0)),
+    ({"prompt": "a", "volume": -5}, Adjustments(volume=0.0)),
+    ({"prompt": "a", "speed": 1.2, "pitch": 2, "volume": 80}, Adjustments(1.2, 2.0, 80.0)),
+    ({"prompt": "a", "speed": None, "pitch": None, "volume": None}, Adjustments()),  # null: absent
+    ({"prompt": "a", "emotion": "happy", "speed_factor": "x", "voice": 3}, Adjustments()),  # unknown: ignored
+])
+def test_payload_fields_and_ranges(payload, adjustments):
+    assert protocol.parse_payload(json.dumps(payload)) == ("a", adjustments)
+
+
+@pytest.mark.parametrize("field, value, why", [
+    ("speed", "1.5", 'the "speed" field must be a number, got "1.5"'),
+    ("speed", True, 'the "speed" field must be a number, got true'),
+    ("speed", [1], 'the "speed" field must be a number, got [1]'),
+    ("pitch", {"st": 2}, 'the "pitch" field must be a number, got {"st": 2}'),
+    ("pitch", "high", 'the "pitch" field must be a number, got "high"'),
+    ("volume", "loud", 'the "volume" field must be a number, got "loud"'),
+    ("volume", False, 'the "volume" field must be a number, got false'),
+])
+def test_payload_fields_of_the_wrong_type_are_bad_input(field, value, why):
+    with pytest.raises(BadInput) as info:
+        protocol.parse_payload(json.dumps({"prompt": "a", field: value}))
+    assert str(info.value) == why
+    with pytest.raises(BadInput, match=f'the "{field}" field must be a number'):  # nested too
+        protocol.parse_payload(json.dumps({"prompt": {"prompt": "a", field: value}}))
+
+
+@pytest.mark.parametrize("raw", ['{"prompt": "a", "speed": NaN}', '{"prompt": "a", "pitch": Infinity}',
+                                 '{"prompt": "a", "volume": -Infinity}'])
+def test_non_finite_payload_numbers_are_bad_input(raw):
+    with pytest.raises(BadInput, match="must be a finite number"):
+        protocol.parse_payload(raw)
+
+
+@pytest.mark.parametrize("payload, prompt, adjustments", [
+    # one level: the prompt is an object, or a string holding one (the bridge wrapping a payload again)
+    ({"prompt": {"prompt": "a", "speed": 1.5}}, "a", Adjustments(speed=1.5)),
+    ({"prompt": json.dumps({"prompt": "a", "pitch": 2})}, "a", Adjustments(pitch=2.0)),
+    # two levels
+    ({"prompt": {"prompt": {"prompt": "a", "volume": 20}}}, "a", Adjustments(volume=20.0)),
+    ({"prompt": json.dumps({"prompt": json.dumps({"prompt": "a", "speed": 0.7})})}, "a", Adjustments(speed=0.7)),
+    ({"prompt": {"prompt": json.dumps({"prompt": "a"}), "pitch": -3}}, "a", Adjustments(pitch=-3.0)),
+    # fields from every level; an outer one wins, an outer null does not hide an inner one
+    ({"prompt": {"prompt": "a", "speed": 0.6, "pitch": 1}, "speed": 1.4}, "a", Adjustments(speed=1.4, pitch=1.0)),
+    ({"prompt": {"prompt": {"prompt": "a", "volume": 30}, "volume": 40}, "volume": None}, "a",
+     Adjustments(volume=40.0)),
+    # a string prompt that is JSON but no wrapped payload is the text itself
+    ({"prompt": '{"text": "x"}'}, '{"text": "x"}', Adjustments()),
+    ({"prompt": "{not json"}, "{not json", Adjustments()),
+    ({"prompt": "[1, 2]"}, "[1, 2]", Adjustments()),
+    ({"prompt": json.dumps({"prompt": "VOICE:Maple|hi."}), "speed": 1.1}, "VOICE:Maple|hi.", Adjustments(1.1)),
+])
+def test_nested_payloads(payload, prompt, adjustments):
+    assert protocol.parse_payload(json.dumps(payload)) == (prompt, adjustments)
+    assert protocol.unwrap_json_prompt(json.dumps(payload)) == prompt
+
+
+@pytest.mark.parametrize("payload, why", [
+    ({"prompt": {"prompt": {"prompt": {"prompt": "a"}}}}, 'nests "prompt" objects at most 2 levels deep'),
+    ({"prompt": json.dumps({"prompt": json.dumps({"prompt": json.dumps({"prompt": "a"})})})},
+     "at most 2 levels deep"),
+    ({"prompt": {"text": "no prompt"}}, 'needs a string "prompt" field'),
+    ({"prompt": {"prompt": 3}}, 'needs a string "prompt" field'),
+    ({"prompt": {"prompt": {"prompt": None}}}, 'needs a string "prompt" field'),
+    ({"prompt": {}}, 'needs a string "prompt" field'),
+])
+def test_malformed_nesting_is_bad_input(payload, why):
+    with pytest.raises(BadInput, match=why):
+        protocol.parse_payload(json.dumps(payload))
+
+
+def test_plain_text_has_no_adjustments():
+    for raw in ("plain", "{not json", "42", '["a"]'):
+        assert protocol.parse_payload(raw) == (raw, Adjustments())
+
+
+def test_parse_text_carries_the_adjustments():
+    raw = json.dumps({"prompt": {"prompt": "VOICE:Maple|hello.", "speed": 3, "pitch": -2, "volume": 150}})
+    request = protocol.parse_text(arrow(raw), max_chars=100)
+    assert request == TextRequest(text="hello.", voice=NamedVoice("Maple"),
+                                  adjustments=Adjustments(speed=2.0, pitch=-2.0, volume=150.0))
+    assert request.parts == (protocol.Speech("hello."),)
+    with pytest.raises(BadInput, match='"speed" field must be a number'):
+        protocol.parse_text(arrow('{"prompt": "x", "speed": "fast"}'), max_chars=100)
+
+
+@pytest.mark.parametrize("base, adjustments, rate, speed", [
+    (1.1, Adjustments(), 1.0, 1.1),  # nothing asked: the configured speed, as it is
+    (3.0, Adjustments(), 1.0, 3.0),  # even outside SPEED_RANGE (SPEED_FACTOR allows 0.1-5)
+    (1.1, Adjustments(speed=1.0), 1.0, 1.0),  # the payload's speed replaces the voice's
+    (1.1, Adjustments(speed=1.5), 1.0, 1.5),
+    (1.1, Adjustments(), 1.5, 1.65),  # an SSML rate multiplies the configured speed ...
+    (1.0, Adjustments(speed=0.8), 1.25, 1.0),  # ... or the payload's
+    (1.1, Adjustments(speed=2.0), 1.5, 2.0),  # and the result is clamped
+    (1.1, Adjustments(), 0.25, 0.5),
+    (3.0, Adjustments(), 1.2, 2.0),
+])
+def test_effective_speed(base, adjustments, rate, speed):
+    assert protocol.effective_speed(base, adjustments, rate) == pytest.approx(speed)
+
+
+# ------------------------------------------------------------------------------ audio metadata, memory
+def test_audio_message_with_the_added_fields():
+    samples = np.zeros(320, np.float32)
+    applied = protocol.applied_metadata(1.0999999, Adjustments(speed=None, pitch=-2, volume=50))
+    assert applied == {"speed": 1.1, "pitch": -2.0, "volume": 50.0}
+    batch = protocol.audio_message(samples, {"question_id": "q"}, 32000, is_final=True, fragment_total=1,
+                                   is_silence=False, applied=applied).metadata
+    assert batch == {"question_id": "q", "session_status": "unknown", "sample_rate": 32000, "duration": 0.01,
+                     "is_final": True, "fragment_total": 1, "is_silence": False, "speed": 1.1, "pitch": -2.0,
+                     "volume": 50.0}
+    fragment = protocol.audio_message(samples, {}, 32000, fragment_index=2, is_last_fragment=False,
+                                      is_final=False, is_silence=1, applied=applied).metadata
+    assert fragment["is_silence"] is True and fragment["is_final"] is False and "fragment_total" not in fragment
+    assert (fragment["fragment_index"], fragment["is_last_fragment"]) == (2, False)
+    last = protocol.audio_message(samples, {}, 32000, fragment_index=3, is_last_fragment=True, is_final=True,
+                                  fragment_total=np.int64(4)).metadata
+    assert type(last["fragment_total"]) is int and last["fragment_total"] == 4 and "speed" not in last
+
+
+def test_silence():
+    assert protocol.silence(0.5, 32000).shape == (16000,) and protocol.silence(0.5, 32000).dtype == np.float32
+    assert not protocol.silence(0.25, 32000).any() and protocol.silence(0.0, 32000).shape == (0,)
+
+
+def test_memory_report_and_text():
+    memory = protocol.memory_report(300 * 2 ** 20 + 2 ** 19, None)
+    assert memory == {"rss_mb": 300.5, "mlx_peak_mb": None}
+    assert protocol.memory_text(memory) == "resident memory 300.5 MB, MLX peak memory unknown"
+    assert protocol.memory_text(protocol.memory_report(0, 2 ** 30)) == ("resident memory 0.0 MB, "
+                                                                         "MLX peak memory 1024.0 MB")
+    status = protocol.status_message("start", "ready", voice="Doubao", device="cpu", encoder_backend="mlx",
+                                     streaming=False, queue_depth=0, last_rtf=None, requests=0, error=None,
+                                     memory=memory, extra={"activity": "x"})
+    record = json.loads(status.value[0].as_py())
+    assert list(record)[-3:] == ["rss_mb", "mlx_peak_mb", "activity"]
+    assert record["rss_mb"] == 300.5 and record["mlx_peak_mb"] is None and "mlx_peak_mb" not in status.metadata

@@ -214,3 +214,73 @@ def test_the_layout_is_written_down_once():
             if isinstance(node, ast.Constant) and node.value in names:
                 found.append(f"{relative}:{node.lineno}: {node.value!r}")
     assert found == []
+
+
+# ------------------------------------------------------------------ REPOSITORY and the file overrides
+def test_repository_replaces_the_builtin_voices_source_not_a_user_voices(tmp_path):
+    (tmp_path / "voices.json").write_text(json.dumps({"mine": {
+        "gpt_weights": "a.ckpt", "sovits_weights": "b.pth", "reference_audio": "c.wav", "prompt_text": "x",
+        "repository": "me/own"}}), "utf-8")
+    reg = VoiceRegistry(tmp_path, repository="mirror/tone-models")
+    assert reg.repository == "mirror/tone-models"
+    assert reg.entry("Maple")["repository"] == "mirror/tone-models"
+    assert reg.entry("mine")["repository"] == "me/own"
+    assert VoiceRegistry(tmp_path).repository == "MoYoYoTech/tone-models"
+
+
+def test_overrides_replace_the_configured_voices_files_only(tmp_path):
+    reg = VoiceRegistry(tmp_path, voice_files={"luoxiang": {
+        "gpt_weights": tmp_path / "own" / "g.ckpt", "reference_audio": "ref_audios/other.wav"}})
+    voice = reg.get("Luo Xiang")
+    assert voice.gpt_path == tmp_path / "own" / "g.ckpt"
+    assert voice.sovits_path == tmp_path / "moyoyo" / "SoVITS_weights" / "luoxiang_best_sovits.pth"
+    # a relative override is resolved like a voices.json path: against <model_root>/moyoyo
+    assert voice.ref_audio == tmp_path / "moyoyo" / "ref_audios" / "other.wav"
+    assert reg.overridden("Luo Xiang") == {"gpt_weights": voice.gpt_path, "reference_audio": voice.ref_audio}
+    assert reg.entry("Luo Xiang")["gpt_weights"] == "GPT_weights/luoxiang_best_gpt.ckpt"  # the hub's name
+    assert reg.get("Doubao").gpt_path.name == "doubao-mixed.ckpt" and reg.overridden("Doubao") == {}
+    with pytest.raises(ValueError, match="unknown keys"):
+        VoiceRegistry(tmp_path, voice_files={"Doubao": {"gpt": "x"}})
+
+
+def test_overrides_for_an_unknown_voice_go_to_the_default_voice_the_node_falls_back_to(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING):
+        reg = VoiceRegistry(tmp_path, voice_files={"Nobody": {"sovits_weights": "/s.pth"}})
+    assert reg.get("Doubao").sovits_path == Path("/s.pth")
+    assert "'Nobody' apply to 'Doubao'" in caplog.text
+
+
+def test_from_config_reads_the_originals_variables(tmp_path):
+    from dora_primespeech_mlx.config import NodeConfig
+
+    config, problems = NodeConfig.from_env({
+        "PRIMESPEECH_MODEL_DIR": str(tmp_path), "VOICE_NAME": "Maple", "REPOSITORY": "me/voices",
+        "GPT_MODEL_PATH": "~/g.ckpt", "SOVITS_MODEL_PATH": "SoVITS_weights/s.pth", "HOME": str(tmp_path / "home")})
+    assert problems == []
+    reg = VoiceRegistry.from_config(config)
+    maple = reg.get("Maple")
+    assert reg.model_root == tmp_path and reg.repository == "me/voices"
+    assert maple.gpt_path == tmp_path / "home" / "g.ckpt"
+    assert maple.sovits_path == tmp_path / "moyoyo" / "SoVITS_weights" / "s.pth"
+    assert maple.ref_audio == tmp_path / "moyoyo" / "ref_audios" / "maple_ref.wav"
+    assert reg.get("Cove").gpt_path.name == "cove_best_gpt.ckpt"
+    assert VoiceRegistry.from_config(config, tmp_path / "other").model_root == tmp_path / "other"
+
+
+def test_missing_message_names_the_override_or_the_repository(tmp_path):
+    root = ModelRoot(tmp_path)
+    for path in root.encoder_files():
+        _touch(path)
+    own = _touch(tmp_path / "own.ckpt")
+    reg = VoiceRegistry(tmp_path, repository="me/voices", voice_files={"Maple": {
+        "gpt_weights": own, "sovits_weights": tmp_path / "gone.pth"}})
+    message = reg.missing_message("Maple")
+    assert message == (f"voice 'Maple': SOVITS_MODEL_PATH names {tmp_path / 'gone.pth'}, which does not exist: "
+                       "point it at the voice's sovits weights file or unset it")
+    cove = reg.missing_message("Cove")
+    assert cove.startswith(f"voice 'Cove' is not installed in {tmp_path} (missing ")
+    assert f'primespeech-mlx download --voice "Cove" --model-root {tmp_path}' in cove
+    assert "Hugging Face repository me/voices; REPOSITORY names another" in cove
+    _touch(tmp_path / "gone.pth")
+    _touch(root.ref_audios / "maple_ref.wav")
+    assert reg.missing_message("Maple") is None and reg.installed("Maple")  # no official weights needed

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 
-BENCHMARKS = ("t2s", "sovits", "encoders", "frontend", "e2e")
+BENCHMARKS = ("t2s", "sovits", "encoders", "frontend", "e2e", "effects")
 ORACLE_MODULES = ("torch", "GPT_SoVITS")
 
 
