@@ -344,14 +344,16 @@ def prepare(config: Any) -> None:
     """Set the process's CPU policy at start-up, before any model is loaded (the node and the CLI
     call it): OpenBLAS's thread count through OpenBLAS's own API, and the CPU accelerator's switch.
 
-    config: a NodeConfig; its `cpu_kernels` ("auto" or "off") switches the CPU kernels. Threads: an
+    config: a NodeConfig; its `cpu_kernels` ("auto" or "off") switches the CPU kernels. Called before
+    MLX is loaded, it also sizes MLX's CUDA convolution plan cache (MLX_CUDA_CONV_CACHE_SIZE, the one
+    environment variable it may set; see CUDA_CONV_CACHE_SIZE). Threads: an
     OPENBLAS_NUM_THREADS given in the environment is OpenBLAS's own setting, honoured by OpenBLAS
     and left alone; otherwise OpenBLAS gets the usable cores that are idle now, from a 0.1 s
     /proc/stat sample (on idle cores two threads decode 1.5x faster than one; with a core taken by
     another process, two ran 1.7x slower than one), then `adapt_blas_threads` follows the load.
     """
-    _set_cpu_kernels(getattr(config, "cpu_kernels", "auto") != "off")
     _size_cuda_conv_cache()
+    _set_cpu_kernels(getattr(config, "cpu_kernels", "auto") != "off")
     api = _openblas_thread_api()
     if api is None:
         return
@@ -366,18 +368,15 @@ def prepare(config: Any) -> None:
 
 # cuDNN plans MLX's CUDA backend keeps (its default is 128). Streaming SoVITS decodes chunks of varying
 # length: one utterance needs ~230 convolution plans, and with 128 the first, second and last chunks
-# rebuilt ~55 plans each (2.4 ms apiece: streaming 2.5x slower on an H100). Metal compiles its
-# convolution kernels by name, not per length, so the setting only matters on CUDA.
+# rebuilt ~55 plans each (2.4 ms apiece: streaming 2.3x slower on an H100). MLX reads the setting when
+# it is loaded, and only its CUDA backend uses it (Metal compiles its kernels by name, not per length).
 CUDA_CONV_CACHE_SIZE = "4096"
 
 
 def _size_cuda_conv_cache() -> None:
-    """On MLX's CUDA backend, a convolution plan cache that holds a streamed utterance's plans (unless
-    the user set MLX_CUDA_CONV_CACHE_SIZE); MLX reads it at the first convolution."""
-    import mlx.core as mx
-
-    cuda = getattr(mx, "cuda", None)
-    if cuda is not None and cuda.is_available():
+    """MLX_CUDA_CONV_CACHE_SIZE (unless the user set it), while MLX is not loaded yet: prepare() runs
+    before anything imports mlx in the node and the CLI. Too late once MLX is loaded: then untouched."""
+    if "mlx.core" not in sys.modules:
         os.environ.setdefault("MLX_CUDA_CONV_CACHE_SIZE", CUDA_CONV_CACHE_SIZE)
 
 

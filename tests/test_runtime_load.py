@@ -73,7 +73,11 @@ from dora_primespeech_mlx import runtime
 environ = dict(os.environ)
 runtime.prepare(types.SimpleNamespace(cpu_kernels=os.environ["KERNELS"]))
 library = __import__("sys").modules.get("dora_primespeech_mlx.cpu.library")
-print(json.dumps({"environ_same": dict(os.environ) == environ, "threads": runtime.blas_thread_count(),
+# the one variable prepare may set, before MLX is loaded: MLX's CUDA convolution plan cache
+cache = os.environ.get("MLX_CUDA_CONV_CACHE_SIZE")
+environ_after = {k: v for k, v in os.environ.items() if k != "MLX_CUDA_CONV_CACHE_SIZE"}
+print(json.dumps({"environ_same": environ_after == environ, "cuda_conv_cache": cache,
+                  "mlx_loaded": "mlx.core" in __import__("sys").modules, "threads": runtime.blas_thread_count(),
                   "cores": len(runtime.usable_cores()), "status": runtime.openblas_status(),
                   "kernels": None if library is None else library.enabled()}))
 """
@@ -231,19 +235,17 @@ def test_an_openblas_built_for_avx512_alone_is_skipped_without_avx512(monkeypatc
         assert "SKYLAKEX" in reason and "AVX-512" in reason
 
 
-@pytest.mark.parametrize("cuda, preset, expected", [
-    (True, None, runtime.CUDA_CONV_CACHE_SIZE),  # CUDA: room for a streamed utterance's plans
-    (True, "64", "64"),  # the user's own setting stays
-    (False, None, None),  # Metal and the CPU: the environment is left alone
-])
-def test_prepare_sizes_the_cuda_convolution_plan_cache(monkeypatch, cuda, preset, expected):
-    import mlx.core as mx
+def test_prepare_sizes_the_cuda_convolution_plan_cache_before_mlx_loads():
+    seen = _run(_PREPARE, KERNELS="auto", OPENBLAS_NUM_THREADS="1")
+    assert not seen["mlx_loaded"] and seen["cuda_conv_cache"] == runtime.CUDA_CONV_CACHE_SIZE
+    own = _run(_PREPARE, KERNELS="auto", OPENBLAS_NUM_THREADS="1", MLX_CUDA_CONV_CACHE_SIZE="64")
+    assert own["cuda_conv_cache"] == "64"  # the user's own setting stays
 
-    monkeypatch.setattr(mx, "cuda", SimpleNamespace(is_available=lambda: cuda), raising=False)
+
+def test_prepare_leaves_the_plan_cache_alone_once_mlx_is_loaded(monkeypatch):
+    import mlx.core  # noqa: F401  (loaded: MLX has read its settings)
+
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(runtime.blas_thread_count() or 1))
-    if preset is None:
-        monkeypatch.delenv("MLX_CUDA_CONV_CACHE_SIZE", raising=False)
-    else:
-        monkeypatch.setenv("MLX_CUDA_CONV_CACHE_SIZE", preset)
+    monkeypatch.delenv("MLX_CUDA_CONV_CACHE_SIZE", raising=False)
     runtime.prepare(SimpleNamespace(cpu_kernels="auto"))
-    assert os.environ.get("MLX_CUDA_CONV_CACHE_SIZE") == expected
+    assert "MLX_CUDA_CONV_CACHE_SIZE" not in os.environ
