@@ -21,10 +21,9 @@ Status events are sent at start, after each `voice:` control and each text, ever
 while a voice loads or a text is synthesised, and at the stop (see `protocol`). Text the engine drops
 as unspeakable (`Result.dropped`) is logged as a WARNING; the rest is spoken.
 
-A text is rendered piece by piece (`protocol.TextRequest.parts`): each speech span through the engine at
-its own speed (`protocol.effective_speed`), then pitch-shifted and scaled by the payload's pitch and volume;
-each SSML break as silence. In batch mode the pieces are joined into the one audio message; when
-streaming, each break is a fragment of its own (`is_silence: true`).
+A text is rendered piece by piece by the `render` module (speech spans through the engine, SSML breaks as
+silence). In batch mode the pieces are joined into the one audio message; when streaming, each engine
+piece and each break is a fragment of its own (a break's with `is_silence: true`).
 """
 
 from __future__ import annotations
@@ -36,12 +35,10 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
-from . import audio, protocol, runtime
+from . import audio, protocol, render, runtime
 from .config import DEFAULT_VOICE, LOG_LEVELS, NodeConfig
 from .errors import PrimeSpeechError
 from .protocol import (
@@ -51,8 +48,6 @@ from .protocol import (
     DefaultVoice,
     Message,
     NamedVoice,
-    Pause,
-    Speech,
     TextRequest,
     TrainedVoice,
     error_text,
@@ -77,16 +72,6 @@ class _Pending:
 
     def __lt__(self, other: _Pending) -> bool:
         return self.key < other.key
-
-
-@dataclass
-class _Step:
-    """One piece of a text to render: a Speech span with the engine options for it, or a Pause; and the
-    speed/pitch/volume echoed in its audio metadata."""
-
-    piece: Speech | Pause
-    options: Any
-    applied: dict[str, float]
 
 
 @dataclass
@@ -126,12 +111,13 @@ class TTSNode:
         self._cancelled: type[Exception] = _NeverRaised
         self._empty: type[Exception] = _NeverRaised
         self._options_type: Any = None
-        self._sample_rate = 32000  # the rate of breaks' silence; the engine's
+        self._renderer: render.Renderer | None = None
         if engine is not None:
-            from .engine import SAMPLE_RATE, Cancelled, EmptyTextError, SynthesisOptions
+            from .engine import Cancelled, EmptyTextError, SynthesisOptions
 
             self._cancelled, self._empty, self._options_type = Cancelled, EmptyTextError, SynthesisOptions
-            self._sample_rate = SAMPLE_RATE
+            self._renderer = render.Renderer(engine, should_cancel=self.should_cancel,
+                                             warn=lambda message: self._log("WARNING", message))
         self.clock = clock
         self.heartbeat_seconds = heartbeat_seconds
         self._node_lock = threading.Lock()  # the heartbeat thread sends while the main thread polls
@@ -366,13 +352,7 @@ class TTSNode:
                                    f"voice {voice.name!r}")
                 if request.adjustments.pitch:
                     audio.require_pitch_shift()  # before any audio goes out
-                options = self._options(request, voice)
-                # The speed the engine used so far (SPEED_FACTOR, else the voice's default) stays the base;
-                # a payload `speed` replaces it, as the Moxin fork does, and an SSML rate multiplies it.
-                configured = options.speed if options.speed is not None else voice.speed
-                applied = protocol.applied_metadata(protocol.effective_speed(configured, request.adjustments),
-                                                    request.adjustments)
-                steps = self._steps(request, options, configured, applied)
+                steps, applied = render.plan(request, self._options(request, voice), voice)
                 with self._busy("synthesising"):
                     self._synthesize(steps, voice, request.adjustments, applied, meta)
         except self._empty as exc:
@@ -433,54 +413,12 @@ class TTSNode:
             fragment_interval=c.fragment_interval, stream_chunk=c.stream_chunk,
         )
 
-    def _steps(self, request: TextRequest, options: Any, configured: float,
-               applied: dict[str, float]) -> list[_Step]:
-        """The pieces to render: speakable spans with their speed, and breaks."""
-        steps = []
-        for piece in request.parts:
-            if isinstance(piece, Pause):
-                steps.append(_Step(piece, None, applied))
-            elif protocol.is_speakable(piece.text):
-                speed = protocol.effective_speed(configured, request.adjustments, piece.rate)
-                steps.append(_Step(piece, replace(options, speed=speed),
-                                   protocol.applied_metadata(speed, request.adjustments)))
-        return steps
-
-    def _effects(self, samples: Any, sample_rate: int, adjustments: Adjustments) -> Any:
-        """The payload's pitch shift and volume; the samples untouched when neither is asked for."""
-        if adjustments.pitch:
-            samples = audio.pitch_shift(samples, sample_rate, adjustments.pitch)
-        if adjustments.pitch or adjustments.volume != 100:
-            samples = audio.apply_gain(samples, adjustments.volume)
-        return samples
-
-    def _skip_empty_span(self, step: _Step, exc: Exception, meta: dict[str, Any]) -> None:
-        self._log("WARNING", f"nothing speakable in the span {step.piece.text!r:.60} of question "
-                             f"{meta.get('question_id', 'default')!r} ({error_text(exc)}): skipped")
-
-    def _synthesize(self, steps: list[_Step], voice: Any, adjustments: Adjustments, applied: dict[str, float],
-                    meta: dict[str, Any]) -> None:
+    def _synthesize(self, steps: list[render.Step], voice: Any, adjustments: Adjustments,
+                    applied: dict[str, float], meta: dict[str, Any]) -> None:
         started = self.clock()
+        question = meta.get("question_id", "default")
         if not self.config.return_fragment:
-            chunks, rate, spoken, empty, rtf = [], self._sample_rate, 0, [], None
-            for step in steps:
-                if isinstance(step.piece, Pause):
-                    chunks.append(protocol.silence(step.piece.seconds, rate))
-                    continue
-                try:
-                    result = self.engine.synthesize(step.piece.text, voice, step.options,
-                                                    should_cancel=self.should_cancel)
-                except self._empty as exc:
-                    empty.append((step, exc))
-                    continue
-                self._warn_dropped(result, meta)
-                rate, spoken, rtf = result.sample_rate, spoken + 1, result.real_time_factor
-                chunks.append(self._effects(protocol.audio_samples(result.audio), rate, adjustments))
-            if not spoken:
-                raise empty[0][1] if empty else PrimeSpeechError("the text has nothing to speak")
-            for step, exc in empty:
-                self._skip_empty_span(step, exc, meta)
-            samples = protocol.audio_samples(np.concatenate(chunks))
+            samples, rate, rtf = self._renderer.batch(steps, voice, adjustments, question)
             if self.should_cancel():
                 raise self._cancelled("cancelled")
             message = protocol.audio_message(samples, meta, rate, is_final=True, fragment_total=1,
@@ -496,7 +434,7 @@ class TTSNode:
         pieces = 0
         duration = 0.0
         finished = False
-        fragments = self._fragments(steps, voice, adjustments, meta)
+        fragments = self._renderer.fragments(steps, voice, adjustments, question)
         try:
             for samples, rate, last, is_silence, step_applied in fragments:
                 if len(samples) == 0:
@@ -524,56 +462,12 @@ class TTSNode:
         elapsed = self.clock() - started
         self._finish(meta, duration, elapsed, elapsed / duration if duration else None)
 
-    def _fragments(self, steps: list[_Step], voice: Any, adjustments: Adjustments,
-                   meta: dict[str, Any]) -> Iterator[tuple[Any, int, bool, bool, dict[str, float]]]:
-        """Streaming: (samples, sample rate, is the text's last, is silence, applied) for each engine piece
-        and each break, in order. A span with nothing speakable is skipped, unless it is the last piece and
-        nothing came before it (EmptyTextError then answers the text empty); when it is the last piece
-        after others, an empty last piece stands for it."""
-        rate = self._sample_rate
-        yielded = False
-        for index, step in enumerate(steps):
-            final = index == len(steps) - 1
-            if isinstance(step.piece, Pause):
-                yielded = True
-                yield protocol.silence(step.piece.seconds, rate), rate, final, True, step.applied
-                continue
-            stream = self.engine.stream(step.piece.text, voice, step.options, should_cancel=self.should_cancel)
-            ended = False
-            try:
-                for result in stream:
-                    self._warn_dropped(result, meta)
-                    samples = protocol.audio_samples(result.audio, allow_empty=True)
-                    rate, ended = result.sample_rate, bool(result.is_last)
-                    if len(samples):
-                        samples = self._effects(samples, rate, adjustments)
-                    yielded = True
-                    yield samples, rate, final and ended, False, step.applied
-                    if ended:
-                        break
-            except self._empty as exc:
-                if final and not yielded:
-                    raise
-                self._skip_empty_span(step, exc, meta)
-                if final:
-                    yield protocol.audio_samples([], allow_empty=True), rate, True, False, step.applied
-                continue
-            finally:
-                close = getattr(stream, "close", None)
-                if close is not None:
-                    close()
-            if not ended:
-                raise PrimeSpeechError("the engine's stream ended before its last piece")
-
-    def _warn_dropped(self, source: Any, meta: dict[str, Any], outcome: str = "the rest is spoken") -> bool:
-        """Log text the engine dropped as unspeakable (`dropped` of a Result or an EmptyTextError, e.g.
-        Cyrillic or Arabic script); True if there was any."""
-        dropped = getattr(source, "dropped", ()) or ()
-        if dropped:
-            pieces = ", ".join(repr(piece if len(piece) <= 40 else piece[:40] + "…") for piece in dropped)
-            self._log("WARNING", f"dropped unspeakable text: {pieces} (question "
-                                 f"{meta.get('question_id', 'default')!r}); {outcome}")
-        return bool(dropped)
+    def _warn_dropped(self, source: Any, meta: dict[str, Any], outcome: str) -> bool:
+        """Log text the engine dropped as unspeakable (see `render.dropped_warning`); True if there was any."""
+        warning = render.dropped_warning(source, meta.get("question_id", "default"), outcome)
+        if warning is not None:
+            self._log("WARNING", warning)
+        return warning is not None
 
     def _finish(self, meta: dict[str, Any], duration: float, elapsed: float, rtf: float | None) -> None:
         self.stats.completed += 1
