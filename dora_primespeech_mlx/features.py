@@ -6,6 +6,7 @@
   zeros [1024, n_phones].
 - `prompt_semantic`: the reference clip at 16 kHz (3-10 s), 0.6 s of silence appended, CNHuBERT,
   then the voice's SoVITS `extract_latent` -> semantic codes [T25].
+- `speaker_fbank`: the speaker-verification model's input, Kaldi fbank of a 16 kHz clip -> [T, 80].
 - `PromptCache`: per-process (optionally on-disk .npz) cache of a voice's prompt features keyed by
   the reference file's content hash, the prompt text and its language.
 """
@@ -156,6 +157,57 @@ def prompt_semantic(hubert_model, sovits_model, ref_wav_path: str | os.PathLike)
     ssl = hubert_content(hubert_model, load_reference_16k(ref_wav_path))
     codes = sovits_model.extract_latent(np.array(ssl.T.astype(mx.float32)))
     return np.asarray(codes).reshape(-1).astype(np.int64)
+
+
+SPEAKER_SAMPLE_RATE = 16000
+SPEAKER_MEL_BINS = 80
+
+
+def speaker_fbank(wav_16k: np.ndarray) -> np.ndarray:
+    """Kaldi log-mel fbank of a mono 16 kHz clip as upstream's `sv.py` computes it for ERes2NetV2:
+    float32 [T, 80], T = 1 + (n - 400) // 160 (25 ms povey frames every 10 ms, snip_edges), no dither.
+
+    Samples are used as given (float in [-1, 1], not rescaled to int16 as Kaldi's own tools would)."""
+    try:
+        import kaldi_native_fbank as knf
+    except ImportError as exc:
+        raise PrimeSpeechError("v2Pro/v2ProPlus voices need kaldi-native-fbank for the speaker model: "
+                               "pip install kaldi-native-fbank") from exc
+    # Every option spelled out: upstream's eres2net/kaldi.py defaults, where knf's differ (dither).
+    opts = knf.FbankOptions()
+    opts.frame_opts.samp_freq = SPEAKER_SAMPLE_RATE
+    opts.frame_opts.frame_shift_ms = 10.0
+    opts.frame_opts.frame_length_ms = 25.0
+    opts.frame_opts.dither = 0.0
+    opts.frame_opts.preemph_coeff = 0.97
+    opts.frame_opts.remove_dc_offset = True
+    opts.frame_opts.window_type = "povey"
+    opts.frame_opts.round_to_power_of_two = True
+    opts.frame_opts.blackman_coeff = 0.42
+    opts.frame_opts.snip_edges = True
+    opts.mel_opts.num_bins = SPEAKER_MEL_BINS
+    opts.mel_opts.low_freq = 20.0
+    opts.mel_opts.high_freq = 0.0
+    opts.mel_opts.vtln_low = 100.0
+    opts.mel_opts.vtln_high = -500.0
+    opts.mel_opts.htk_mode = False
+    opts.mel_opts.is_librosa = False
+    opts.use_energy = False
+    opts.energy_floor = 1.0
+    opts.raw_energy = True
+    opts.htk_compat = False
+    opts.use_log_fbank = True
+    opts.use_log_floor = True
+    opts.eps = float(np.finfo(np.float32).eps)
+    opts.use_power = True
+    wave = np.ascontiguousarray(np.asarray(wav_16k, dtype=np.float32).reshape(-1))
+    fbank = knf.OnlineFbank(opts)
+    fbank.accept_waveform(SPEAKER_SAMPLE_RATE, wave)
+    fbank.input_finished()
+    n_frames = fbank.num_frames_ready
+    if n_frames == 0:
+        return np.zeros((0, SPEAKER_MEL_BINS), dtype=np.float32)
+    return np.stack([fbank.get_frame(i) for i in range(n_frames)]).astype(np.float32, copy=False)
 
 
 class PromptCache:

@@ -189,6 +189,15 @@ def read_hf_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                            "download the model folder again")
 
 
+def _read_speaker(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The official ERes2NetV2 `.ckpt` (a plain state dict); its architecture is upstream's fixed one."""
+    weights = read_checkpoint(source)
+    if "layer3_ds.weight" not in weights:
+        raise PrimeSpeechError(f"{source} is not an ERes2NetV2 speaker-verification state dict (no "
+                               "layer3_ds.weight): pass pretrained_models/sv/pretrained_eres2netv2w24s4ep4.ckpt")
+    return weights, {}
+
+
 _MODELS = f"{__package__}.models"
 register(Kind("t2s", "GPT (T2S)", f"{_MODELS}.t2s", _read_t2s, "GPT checkpoint (GPT_weights*/*.ckpt)",
               dtype="device"))
@@ -197,6 +206,8 @@ register(Kind("sovits", "SoVITS", f"{_MODELS}.sovits", _read_sovits, "SoVITS che
 register(Kind("hubert", "HuBERT", f"{_MODELS}.hubert", read_hf_folder, "chinese-hubert-base folder", folder=True))
 register(Kind("roberta", "BERT", f"{_MODELS}.roberta", read_hf_folder, "chinese-roberta-wwm-ext-large folder",
               folder=True, sanitize_takes_args=True, extra_files=("tokenizer.json",)))
+register(Kind("speaker", "speaker verification (ERes2NetV2)", f"{_MODELS}.speaker", _read_speaker,
+              "ERes2NetV2 state dict (sv/pretrained_eres2netv2w24s4ep4.ckpt)"))
 
 
 # ------------------------------------------------------------------------------------- strict loading
