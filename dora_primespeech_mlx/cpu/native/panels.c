@@ -46,6 +46,19 @@ INLINE vf load_half(const uint16_t *p) {
     case 11: fn(11, m, r0, p); break;                                                                       \
     default: fn(12, m, r0, p); break
 
+/* Panels p0..p1 of a product, the rows in passes of `group` through the row kernel `fn`: one function
+ * per instruction set (`attributes` gives its target), so that the kernel inlines with its vectors. */
+#define PRODUCT_PANELS(name, attributes, fn)                                                               \
+    attributes static void name(const product_t *m, long p0, long p1, int group) {                         \
+        for (long p = p0; p < p1; p++) {                                                                    \
+            for (int r0 = 0; r0 < m->rows; r0 += group) {                                                   \
+                switch (m->rows - r0 < group ? m->rows - r0 : group) {                                      \
+                ROWS_CASES(fn);                                                                             \
+                }                                                                                           \
+            }                                                                                               \
+        }                                                                                                   \
+    }
+
 /* c[r0 + r, panel p's columns] = out[r] + bias + residual, then ReLU where asked. */
 static void panel_epilogue(const product_t *m, int r0, int rows, long p, float out[][PANEL]) {
     const long col0 = p * PANEL, cols = m->n - col0 < PANEL ? m->n - col0 : PANEL;
@@ -99,15 +112,7 @@ INLINE void panel_rows(const int R, const product_t *m, int r0, long p) {
     panel_epilogue(m, r0, R, p, out);
 }
 
-CLONES static void product_panels_generic(const product_t *m, long p0, long p1, int group) {
-    for (long p = p0; p < p1; p++) {
-        for (int r0 = 0; r0 < m->rows; r0 += group) {
-            switch (m->rows - r0 < group ? m->rows - r0 : group) {
-            ROWS_CASES(panel_rows);
-            }
-        }
-    }
-}
+PRODUCT_PANELS(product_panels_generic, CLONES, panel_rows)
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #include <immintrin.h>
@@ -153,15 +158,7 @@ AVX512 INLINE void panel_rows_avx512(const int R, const product_t *m, int r0, lo
     panel_epilogue(m, r0, R, p, out);
 }
 
-AVX512 static void product_panels_avx512(const product_t *m, long p0, long p1, int group) {
-    for (long p = p0; p < p1; p++) {
-        for (int r0 = 0; r0 < m->rows; r0 += group) {
-            switch (m->rows - r0 < group ? m->rows - r0 : group) {
-            ROWS_CASES(panel_rows_avx512);
-            }
-        }
-    }
-}
+PRODUCT_PANELS(product_panels_avx512, AVX512, panel_rows_avx512)
 
 #define AVX2 __attribute__((target("avx2,fma,f16c")))
 
@@ -208,15 +205,7 @@ AVX2 INLINE void panel_rows_avx2(const int R, const product_t *m, int r0, long p
     panel_epilogue(m, r0, R, p, out);
 }
 
-AVX2 static void product_panels_avx2(const product_t *m, long p0, long p1, int group) {
-    for (long p = p0; p < p1; p++) {
-        for (int r0 = 0; r0 < m->rows; r0 += group) {
-            switch (m->rows - r0 < group ? m->rows - r0 : group) {
-            ROWS_CASES(panel_rows_avx2);
-            }
-        }
-    }
-}
+PRODUCT_PANELS(product_panels_avx2, AVX2, panel_rows_avx2)
 #endif
 
 static int use_generic; /* panel_force_generic: tests run the generic kernel where a specialised one exists */
