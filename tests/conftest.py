@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import parity
 import pytest
-
-from dora_primespeech_mlx import loading
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +26,7 @@ def torch_single_thread():
 
 
 def _load_t2s(path, native: bool):
-    import dora_primespeech_mlx  # noqa: F401  (OpenBLAS before MLX)
-    from dora_primespeech_mlx.cpu import library
-
-    enabled = library.enabled()
-    library.set_enabled(native)
-    try:
-        return loading.load_model("t2s", path)
-    finally:
-        library.set_enabled(enabled)
+    return parity.load_model("t2s", path, kernels=native)
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,16 @@ class FakeHub:
         return local_dir
 
 
+@pytest.fixture
+def fake_hub(monkeypatch) -> FakeHub:
+    """A FakeHub standing in for huggingface_hub, the hub reachable."""
+    hub = FakeHub()
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(
+        hf_hub_download=hub.hf_hub_download, snapshot_download=hub.snapshot_download))
+    monkeypatch.setattr(commands, "hub_problem", lambda endpoint: None)
+    return hub
+
+
 def test_help_lists_the_commands(capsys):
     with pytest.raises(SystemExit):
         cli.main(["--help"])
@@ -188,11 +198,8 @@ def test_download_command_without_huggingface_hub(tmp_path, monkeypatch, capsys)
     assert "pip install 'dora-primespeech-mlx[download]'" in capsys.readouterr().err
 
 
-def test_download_command_uses_the_hub(tmp_path, monkeypatch, capsys):
-    hub = FakeHub()
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(
-        hf_hub_download=hub.hf_hub_download, snapshot_download=hub.snapshot_download))
-    monkeypatch.setattr(commands, "hub_problem", lambda endpoint: None)
+def test_download_command_uses_the_hub(tmp_path, monkeypatch, fake_hub, capsys):
+    hub = fake_hub
     assert cli.main(["download", "--voice", "luoxiang", "--model-root", str(tmp_path)]) == 0
     assert [f for _, f, _ in hub.calls][-3:] == ["GPT_weights/luoxiang_best_gpt.ckpt",
                                                  "SoVITS_weights/luoxiang_best_sovits.pth",
@@ -465,22 +472,16 @@ def test_download_plan_uses_the_repository_and_skips_overridden_files(tmp_path):
     assert not [f for f in files if "GPT_weights" in f]
 
 
-def test_download_command_takes_repository_from_the_environment(tmp_path, monkeypatch, capsys):
-    hub = FakeHub()
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(
-        hf_hub_download=hub.hf_hub_download, snapshot_download=hub.snapshot_download))
-    monkeypatch.setattr(commands, "hub_problem", lambda endpoint: None)
+def test_download_command_takes_repository_from_the_environment(tmp_path, monkeypatch, fake_hub, capsys):
+    hub = fake_hub
     monkeypatch.setenv("REPOSITORY", "mirror/tones")
     assert cli.main(["download", "--voice", "Cove", "--model-root", str(tmp_path)]) == 0
     assert {repo for repo, _, _ in hub.calls} == {"mirror/tones"}
     assert "downloaded from mirror/tones" in capsys.readouterr().err
 
 
-def test_download_with_an_override_naming_no_file_says_so_and_fails(tmp_path, monkeypatch, capsys):
-    hub = FakeHub()
-    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(
-        hf_hub_download=hub.hf_hub_download, snapshot_download=hub.snapshot_download))
-    monkeypatch.setattr(commands, "hub_problem", lambda endpoint: None)
+def test_download_with_an_override_naming_no_file_says_so_and_fails(tmp_path, monkeypatch, fake_hub, capsys):
+    hub = fake_hub
     monkeypatch.setenv("VOICE_NAME", "Cove")
     monkeypatch.setenv("GPT_MODEL_PATH", str(tmp_path / "nowhere.ckpt"))
     assert cli.main(["download", "--voice", "Cove", "--model-root", str(tmp_path)]) == 1

@@ -29,6 +29,7 @@ ct = pytest.importorskip("coremltools", reason="coremltools (extra `coreml`) is 
 import coreml_reference as reference  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import numpy as np  # noqa: E402
+import parity  # noqa: E402
 from mlx.utils import tree_flatten, tree_unflatten  # noqa: E402
 
 from dora_primespeech_mlx import loading  # noqa: E402
@@ -63,13 +64,8 @@ def small_packages(small_folders):
 def _mlx_with_package_weights(kind: str, converted: Path):
     """The MLX encoder with every weight rounded to float16, as the package stores it (the HuBERT
     waveform stage stays float32 there, and its source weights are float16 values already)."""
-    from dora_primespeech_mlx.cpu import library
-
-    library.set_enabled(False)  # the pure-MLX encoder (the one the packages mirror), not the CPU twins
-    try:
-        model = loading.load_model(kind, converted)
-    finally:
-        library.set_enabled(True)
+    # the pure-MLX encoder (the one the packages mirror), not the CPU twins
+    model = parity.load_model(kind, converted, kernels=False)
     rounded = [(k, v.astype(mx.float16).astype(mx.float32)) for k, v in tree_flatten(model.parameters())]
     model.update(tree_unflatten(rounded))
     return model

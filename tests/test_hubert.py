@@ -13,6 +13,7 @@ import gc
 import json
 
 import numpy as np
+import parity
 import pytest
 from parity import rel_err
 
@@ -26,7 +27,6 @@ mx = pytest.importorskip("mlx.core")
 from mlx.utils import tree_flatten  # noqa: E402
 
 from dora_primespeech_mlx.cpu import encoders as cpu_encoders  # noqa: E402
-from dora_primespeech_mlx.cpu import library  # noqa: E402
 from dora_primespeech_mlx.models import hubert  # noqa: E402
 from primespeech_devtools.oracle import encoders as oracle  # noqa: E402
 
@@ -58,11 +58,7 @@ def full_folder(upstream):
 def load(folder, path: str) -> hubert.Model:
     """The model on one path: "accelerated" (as loaded on this CPU: the native twins installed) or
     "mlx" (loaded with the CPU kernels switched off: pure MLX, as on every other device)."""
-    library.set_enabled(path != "mlx")
-    try:
-        model = loading.load_model("hubert", folder)
-    finally:
-        library.set_enabled(True)
+    model = parity.load_model("hubert", folder, kernels=path != "mlx")
     # the native CPU kernels are built and serve this model, unless switched off
     assert isinstance(model.encoder, cpu_encoders.HubertEncoder if path == "accelerated" else hubert.Encoder)
     return model

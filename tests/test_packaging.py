@@ -17,6 +17,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from checkout import copy_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_IMPORTS = (b"import torch", b"from torch ", b"from torch.")
@@ -25,21 +26,10 @@ pytestmark = pytest.mark.skipif(shutil.which("git") is None or not (ROOT / ".git
                                 reason="needs a git checkout (the wheel is built from its files)")
 
 
-def checkout_copy(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
-    return dest
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> zipfile.ZipFile:
     pytest.importorskip("setuptools")
-    src = checkout_copy(tmp_path_factory.mktemp("src"))
+    src = copy_checkout(tmp_path_factory.mktemp("src"))
     assert (src / "devtools" / "primespeech_devtools").is_dir()  # present beside the package, kept out
     out = tmp_path_factory.mktemp("wheel")
     env = dict(os.environ, CC="/bin/false", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checkout import copy_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV = Path(sys.prefix)
@@ -34,13 +35,7 @@ pytestmark = [
 def fresh_copy(dest: Path) -> Path:
     """The checkout's tracked and unignored files (as the working tree has them, times kept) in `dest`,
     a new git repository, with .venv linking to this environment."""
-    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, files):
-        src = ROOT / name
-        if src.is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / name)
+    copy_checkout(dest)
     subprocess.run(["git", "init", "-q"], cwd=dest, check=True)
     (dest / ".venv").symlink_to(VENV, target_is_directory=True)
     return dest

@@ -12,6 +12,7 @@ every other device). Both see upstream's own Kaldi fbank of a 2 s speech-like cl
 from __future__ import annotations
 
 import numpy as np
+import parity
 import pytest
 from parity import rel_err
 from test_hubert import speech_like
@@ -23,7 +24,6 @@ from dora_primespeech_mlx.errors import PrimeSpeechError
 torch = pytest.importorskip("torch")
 mx = pytest.importorskip("mlx.core")
 
-from dora_primespeech_mlx.cpu import library  # noqa: E402
 from dora_primespeech_mlx.models import speaker  # noqa: E402
 from primespeech_devtools.oracle import speaker as oracle  # noqa: E402
 
@@ -58,11 +58,7 @@ def test_embedding_matches_upstream_forward3(upstream_model, official_ckpt):
     assert 1.0 < ref.std() < 100.0
     assert 0.0 < capped[0] < 0.2
 
-    library.set_enabled(False)
-    try:
-        model = loading.load_model("speaker", official_ckpt)
-    finally:
-        library.set_enabled(True)
+    model = parity.load_model("speaker", official_ckpt, kernels=False)
     assert isinstance(model, speaker.Model)
     assert model.args.embedding_dim == EMBEDDING_DIM
     assert loading.is_fresh(official_ckpt.with_suffix(".mlx"), official_ckpt, "speaker")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 import numpy as np
+import parity
 import pytest
 from parity import rel_err
 
@@ -207,13 +208,7 @@ def decoders(torch, tmp_path_factory):
 
 def _load_pure(path):
     """The SoVITS model at `path` loaded with the CPU kernels switched off: pure MLX."""
-    from dora_primespeech_mlx.cpu import library
-
-    library.set_enabled(False)
-    try:
-        model = loading.load_model("sovits", path)
-    finally:
-        library.set_enabled(True)
+    model = parity.load_model("sovits", path, kernels=False)
     assert isinstance(model.dec, hifigan.Generator)
     return model
 
