@@ -98,7 +98,7 @@ def _plain(value: Any) -> dict[str, Any]:
 
 def _read_t2s(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """An official s1 `.ckpt`: its `weight` state dict and the ModelArgs of its training config."""
-    from .models.t2s import ModelArgs
+    ModelArgs = get_kind("t2s").model_module().ModelArgs  # noqa: N806  (models are imported by name only)
 
     data = read_checkpoint(source)
     if not isinstance(data.get("weight"), dict):
@@ -108,39 +108,47 @@ def _read_t2s(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def detect_sovits_version(weights: dict[str, Any], config: dict[str, Any], header_version: str | None) -> str:
-    """"v1" or "v2" for a supported SoVITS state dict; PrimeSpeechError naming any other version."""
-    from .models.sovits import UNSUPPORTED_VERSIONS, V1_SYMBOLS, V2_SYMBOLS
-
+    """"v1", "v2", "v2Pro" or "v2ProPlus" for a supported SoVITS state dict; PrimeSpeechError naming
+    any other version. The file header (`00`/`01`/`05`/`06` in place of `PK`) decides when there is
+    one; else the speaker-verification layers mark v2Pro/v2ProPlus (told apart by the config, or by
+    the generator's width: 768 for v2ProPlus) and the symbol table v1 from v2."""
+    sovits = get_kind("sovits").model_module()  # models are imported by name only (no import circle)
     cfg_version = _plain(config.get("model")).get("version") or config.get("version")
 
     def refuse(version: str, why: str) -> PrimeSpeechError:
         return PrimeSpeechError(
-            f"this SoVITS checkpoint is GPT-SoVITS {version} ({why}); only v1 and v2 SoVITS weights are "
-            "supported so far: use a v1/v2 voice, or export the voice from a v2 training run"
+            f"this SoVITS checkpoint is GPT-SoVITS {version} ({why}); only v1, v2, v2Pro and v2ProPlus SoVITS "
+            "weights are supported: use such a voice, or export the voice from one of those training runs"
         )
 
-    if header_version is not None and header_version not in ("v1", "v2"):
+    if header_version is not None and header_version not in sovits.VERSIONS:
         raise refuse(header_version, "file header")
     if any(k.startswith("cfm.") for k in weights):
         raise refuse(cfg_version if cfg_version in ("v3", "v4") else "v3/v4", "it has a CFM decoder")
-    if any(k.startswith(("sv_emb.", "ge_to512.", "prelu.")) for k in weights):
-        if cfg_version not in ("v2Pro", "v2ProPlus"):
-            conv_pre = weights.get("dec.conv_pre.weight")
-            cfg_version = "v2ProPlus" if conv_pre is not None and conv_pre.shape[0] == 768 else "v2Pro"
-        raise refuse(cfg_version, "it has a speaker-verification embedding")
-    if cfg_version in UNSUPPORTED_VERSIONS:
+    speaker_layers = any(k.startswith(("sv_emb.", "ge_to512.", "prelu.")) for k in weights)
+    if header_version in sovits.SPEAKER_VERSIONS or (header_version is None and speaker_layers):
+        if not speaker_layers:
+            raise PrimeSpeechError(f"this file says GPT-SoVITS {header_version} but has no speaker-verification "
+                                   "layers (sv_emb, ge_to512, prelu): it is damaged")
+        if header_version is not None:
+            return header_version
+        if cfg_version in sovits.SPEAKER_VERSIONS:
+            return cfg_version
+        conv_pre = weights.get("dec.conv_pre.weight")
+        return "v2ProPlus" if conv_pre is not None and conv_pre.shape[0] == 768 else "v2Pro"
+    if cfg_version in sovits.UNSUPPORTED_VERSIONS:
         raise refuse(cfg_version, "its config")
     embedding = weights.get("enc_p.text_embedding.weight")
     if embedding is None:
-        raise PrimeSpeechError("this file has no enc_p.text_embedding.weight: it is not a GPT-SoVITS v1/v2 "
+        raise PrimeSpeechError("this file has no enc_p.text_embedding.weight: it is not a GPT-SoVITS "
                                "SoVITS checkpoint (SoVITS_weights/*.pth)")
     rows = embedding.shape[0]
-    if rows == V1_SYMBOLS:
+    if rows == sovits.V1_SYMBOLS:
         return "v1"
-    if rows == V2_SYMBOLS:
+    if rows == sovits.V2_SYMBOLS:
         return "v2"
-    raise PrimeSpeechError(f"unexpected SoVITS symbol table of {rows} entries (v1 has {V1_SYMBOLS}, v2 "
-                           f"{V2_SYMBOLS}): the file is not a supported GPT-SoVITS checkpoint")
+    raise PrimeSpeechError(f"unexpected SoVITS symbol table of {rows} entries (v1 has {sovits.V1_SYMBOLS}, v2 "
+                           f"{sovits.V2_SYMBOLS}): the file is not a supported GPT-SoVITS checkpoint")
 
 
 def _read_sovits(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -155,6 +163,7 @@ def _read_sovits(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                                "(SoVITS_weights/*.pth)")
     config = _plain(data.get("config"))
     version = detect_sovits_version(weights, config, ckpt.header_version)
+    sovits = get_kind("sovits").model_module()
     model_cfg = _plain(config.get("model"))
     data_cfg = _plain(config.get("data"))
     if model_cfg.get("semantic_frame_rate", "25hz") != "25hz":
@@ -162,6 +171,9 @@ def _read_sovits(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     if model_cfg.get("resblock", "1") != "1":
         raise PrimeSpeechError("only HiFi-GAN ResBlock1 SoVITS decoders are supported")
     fields = {**model_cfg, "version": version, "n_symbols": int(weights["enc_p.text_embedding.weight"].shape[0])}
+    if version in sovits.SPEAKER_VERSIONS:  # sv_emb.weight [gin, sv_dim]: the speaker embedding's width
+        sv_weight = weights.get("sv_emb.weight")
+        fields["sv_dim"] = int(sv_weight.shape[1]) if sv_weight is not None else sovits.SPEAKER_EMBEDDING
     if "filter_length" in data_cfg:
         fields["spec_channels"] = int(data_cfg["filter_length"]) // 2 + 1
     for name in ("sampling_rate", "hop_length"):

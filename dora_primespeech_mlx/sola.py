@@ -124,14 +124,15 @@ class StreamDecoder:
     `model` is a SoVITS `Model` (anything with its `decode_streaming`); `phones` the target phones;
     `overlap_length` codes (upstream default 2) are re-decoded in front of each chunk. Every chunk
     is decoded with the whole code history for context (as upstream), so its cost grows with the
-    utterance. `seed`, if given, seeds chunk i's noise with seed + i.
+    utterance. `seed`, if given, seeds chunk i's noise with seed + i. `sv_emb`: the reference's speaker
+    embedding, for v2Pro/v2ProPlus models (as `Model.decode` takes it).
     """
 
-    def __init__(self, model: Any, phones, refer_spec, *, speed: float = 1.0, noise_scale: float = 0.5,
+    def __init__(self, model: Any, phones, refer_spec, *, sv_emb=None, speed: float = 1.0, noise_scale: float = 0.5,
                  overlap_length: int = 2, seed: int | None = None, search: int = SEARCH):
         if overlap_length < 1:
             raise PrimeSpeechError(f"overlap_length must be at least 1 code, got {overlap_length}")
-        self.model, self.phones, self.refer_spec = model, phones, refer_spec
+        self.model, self.phones, self.refer_spec, self.sv_emb = model, phones, refer_spec, sv_emb
         self.speed, self.noise_scale, self.seed, self.search = speed, noise_scale, seed, search
         self.overlap_length = overlap_length
         self.rate = upsample_rate(model.args.upsample_rates, speed)
@@ -159,7 +160,7 @@ class StreamDecoder:
         self._codes.append(new)
         seed = None if self.seed is None else self.seed + len(self._codes) - 1
         chunk, latent, _ = self.model.decode_streaming(
-            np.concatenate(self._codes), self.phones, self.refer_spec, noise_scale=self.noise_scale,
+            np.concatenate(self._codes), self.phones, self.refer_spec, sv_emb=self.sv_emb, noise_scale=self.noise_scale,
             speed=self.speed, seed=seed, result_length=None if is_first else new.size + overlap_len,
             overlap_frames=None if self._latent is None else self._latent[:, -2 * overlap_len:])
         if overlap_len > self.overlap_length:

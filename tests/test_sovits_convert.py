@@ -105,11 +105,11 @@ def test_supported_headers(oracle, net_v1, net_v2, tmp_path, header, version):
     assert np.abs(model.decode(codes, phones, spec, noise_scale=0.0) - ref).max() <= WAVE_TOL
 
 
-@pytest.mark.parametrize("header", ["v3", "v3-lora", "v4-lora", "v2Pro", "v2ProPlus"])
+@pytest.mark.parametrize("header", ["v3", "v3-lora", "v4-lora"])
 def test_newer_headers_refused(oracle, net_v2, tmp_path, header):
 
     path = oracle.save_official(net_v2, tmp_path / "voice.pth", header=header)
-    with pytest.raises(PrimeSpeechError, match=f"GPT-SoVITS {header} .*only v1 and v2"):
+    with pytest.raises(PrimeSpeechError, match=f"GPT-SoVITS {header} .*only v1, v2, v2Pro and v2ProPlus"):
         loading.load_model("sovits", path)
     assert not (tmp_path / "voice.mlx").exists()
 
@@ -131,23 +131,26 @@ def v2pro_weights(oracle):
     return weights, hps
 
 
-def test_v2pro_refused_by_keys_and_config(oracle, v2pro_weights, tmp_path):
-    import torch
-
-
+def test_v2pro_told_by_keys_config_and_width(oracle, v2pro_weights, tmp_path):
+    """Without a header: the speaker layers mark v2Pro/v2ProPlus, the config names which, and a silent
+    config is read from the generator's width (768 for v2ProPlus); a v2Pro header without the layers is
+    a damaged file."""
     weights, hps = v2pro_weights
     plain = oracle.save_official(None, tmp_path / "pro.pth", weights=weights, version="v2Pro", hps=hps)
-    with pytest.raises(PrimeSpeechError, match="v2Pro .*speaker-verification"):
-        loading.load_model("sovits", plain)
-    # Config silent: told apart from v2ProPlus by the generator width (768 for v2ProPlus).
-    no_version = oracle.save_official(None, tmp_path / "pro2.pth", weights=weights, hps=hps)
-    with pytest.raises(PrimeSpeechError, match="GPT-SoVITS v2Pro "):
-        loading.load_model("sovits", no_version)
-    weights = dict(weights)
-    weights["dec.conv_pre.weight"] = torch.zeros(768, 192, 7, dtype=torch.float16)
-    plus = oracle.save_official(None, tmp_path / "plus.pth", weights=weights, hps=hps)
-    with pytest.raises(PrimeSpeechError, match="GPT-SoVITS v2ProPlus "):
-        loading.load_model("sovits", plus)
+    assert loading.load_model("sovits", plain).version == "v2Pro"
+    state = {k: v.numpy() for k, v in weights.items()}
+    assert loading.detect_sovits_version(state, {}, None) == "v2Pro"
+    assert loading.detect_sovits_version(state, {"model": {"version": "v2ProPlus"}}, None) == "v2ProPlus"
+    wide = dict(state, **{"dec.conv_pre.weight": np.zeros((768, 192, 7), np.float16)})
+    assert loading.detect_sovits_version(wide, {}, None) == "v2ProPlus"
+    assert loading.detect_sovits_version(wide, {}, "v2Pro") == "v2Pro"  # the header decides
+    plain_v2 = {k: v for k, v in state.items() if not k.startswith(("sv_emb.", "ge_to512.", "prelu."))}
+    with pytest.raises(PrimeSpeechError, match="says GPT-SoVITS v2ProPlus but has no speaker-verification"):
+        loading.detect_sovits_version(plain_v2, {}, "v2ProPlus")
+    damaged = oracle.save_official(None, tmp_path / "damaged.pth", weights={
+        k: v for k, v in weights.items() if not k.startswith("sv_emb.")}, version="v2Pro", hps=hps)
+    with pytest.raises(PrimeSpeechError, match="missing 2 .*sv_emb"):
+        loading.load_model("sovits", damaged)
 
 
 def test_v3_v4_refused(oracle, net_v2, tmp_path):
@@ -180,7 +183,7 @@ def test_strict_and_training_keys(oracle, net_v2, tmp_path):
     with pytest.raises(PrimeSpeechError, match="incomplete weight-norm pair at dec.ups.2"):
         loading.load_model("sovits", oracle.save_official(net_v2, tmp_path / "half.pth", weights=half_pair))
     odd = {k: v for k, v in weights.items() if not k.startswith("enc_p.text_embedding")}
-    with pytest.raises(PrimeSpeechError, match="not a GPT-SoVITS v1/v2 SoVITS checkpoint"):
+    with pytest.raises(PrimeSpeechError, match="not a GPT-SoVITS SoVITS checkpoint"):
         loading.load_model("sovits", oracle.save_official(net_v2, tmp_path / "odd.pth", weights=odd))
 
 

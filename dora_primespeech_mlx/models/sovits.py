@@ -1,11 +1,16 @@
-"""GPT-SoVITS "s2" SoVITS model (v1 and v2) in MLX: semantic codes + phones + reference
-spectrogram -> 32 kHz waveform (`Model.decode`, or chunk by chunk with upstream's streaming
+"""GPT-SoVITS "s2" SoVITS model (v1, v2, v2Pro and v2ProPlus) in MLX: semantic codes + phones +
+reference spectrogram (+ for v2Pro/v2ProPlus the reference's speaker embedding) -> 32 kHz waveform (`Model.decode`, or chunk by chunk with upstream's streaming
 `Model.decode_streaming`; `sola.py` joins the chunks), and HuBERT features -> semantic codes
 (`Model.extract_latent`).
 
 Mirrors upstream `SynthesizerTrn.decode` / `extract_latent` at batch 1 with unpadded inputs, so
 upstream's all-ones masks are left out. Tensors are channels-last inside; the public methods take
 and return numpy arrays in upstream's orientation.
+
+v2Pro/v2ProPlus add a speaker-verification path: the reference clip's ERes2NetV2 embedding
+(`models/speaker.py`, 20480 wide) goes through `sv_emb` into the style vector, then a PReLU; the
+flow and the vocoder take that (gin-wide) vector, the MRTE its `ge_to512` projection. Every size
+comes from the file's config (v2ProPlus: a 768-wide generator whose first upsampling kernel is 20).
 """
 
 from __future__ import annotations
@@ -34,7 +39,11 @@ KIND = "sovits"
 V1_SYMBOLS = 322
 V2_SYMBOLS = 732
 V2_SPEC_BINS = 704
-UNSUPPORTED_VERSIONS = ("v2Pro", "v2ProPlus", "v3", "v4")
+SPEAKER_VERSIONS = ("v2Pro", "v2ProPlus")  # with the speaker-verification embedding
+VERSIONS = ("v1", "v2", *SPEAKER_VERSIONS)
+UNSUPPORTED_VERSIONS = ("v3", "v4")
+SPEAKER_EMBEDDING = 20480  # upstream's ERes2NetV2 `forward3` width, what `sv_emb` takes
+MRTE_STYLE = 512  # the MRTE's fixed style width (ge_to512 maps the wider v2Pro style to it)
 
 
 @dataclass
@@ -58,6 +67,12 @@ class ModelArgs(BaseModelArgs):
     codebook_size: int = 1024
     sampling_rate: int = 32000
     hop_length: int = 640
+    sv_dim: int = 0  # width of the speaker embedding `sv_emb` takes (v2Pro/v2ProPlus), 0 without
+
+    @property
+    def has_speaker(self) -> bool:
+        """v2Pro/v2ProPlus: decoding needs the reference's speaker embedding."""
+        return self.version in SPEAKER_VERSIONS
 
     @property
     def ref_bins(self) -> int:
@@ -168,6 +183,12 @@ class Model(nn.Module):
         self.ref_enc = MelStyleEncoder(args.ref_bins, out_dim=args.gin_channels)
         self.ssl_proj = Conv1d(args.ssl_dim, args.ssl_dim, 2, stride=2)
         self.quantizer = Codebook(args.codebook_size, args.ssl_dim)
+        if args.has_speaker:
+            if args.sv_dim < 1:
+                raise PrimeSpeechError(f"a {args.version} SoVITS model needs sv_dim (the speaker embedding width)")
+            self.sv_emb = nn.Linear(args.sv_dim, args.gin_channels)
+            self.ge_to512 = nn.Linear(args.gin_channels, MRTE_STYLE)
+            self.prelu = nn.PReLU(args.gin_channels)
 
     @property
     def version(self) -> str:
@@ -217,31 +238,63 @@ class Model(nn.Module):
 
     # -- inference -------------------------------------------------------------------------------
 
-    def style_embedding(self, refer_spec: np.ndarray | list[np.ndarray]) -> mx.array:
-        """ge [1, 1, gin]: the style encoder on each reference spectrogram, averaged."""
-        specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
+    def style_embedding(self, refer_spec: np.ndarray | list[np.ndarray],
+                        sv_emb: np.ndarray | list[np.ndarray] | None = None) -> tuple[mx.array, mx.array]:
+        """(ge [1, 1, gin] for the flow and the vocoder, ge_text [1, 1, 512] for the MRTE): the style
+        encoder on each reference spectrogram (v2Pro/v2ProPlus: plus `sv_emb` of its speaker
+        embedding, then the PReLU), averaged over the references (upstream's `build_decode_condition`)."""
+        specs = list(refer_spec) if isinstance(refer_spec, (list, tuple)) else [refer_spec]
         if not specs:
             raise PrimeSpeechError("no reference spectrogram given")
+        embeddings = self._speaker_embeddings(sv_emb, len(specs))
         ges = []
-        for spec in specs:
+        for i, spec in enumerate(specs):
             spec = np.asarray(spec, dtype=np.float32)
             if spec.ndim == 3 and spec.shape[0] == 1:
                 spec = spec[0]
             if spec.ndim != 2 or spec.shape[0] < self.args.ref_bins or spec.shape[1] < 1:
                 raise PrimeSpeechError(f"reference spectrogram must be [1025, frames], got {spec.shape}")
-            ges.append(self.ref_enc(mx.array(spec[:self.args.ref_bins].T)[None]))
-        return ges[0] if len(ges) == 1 else mx.mean(mx.stack(ges), axis=0)
+            ge = self.ref_enc(mx.array(spec[:self.args.ref_bins].T)[None])
+            if embeddings is not None:
+                ge = self.prelu(ge + self.sv_emb(mx.array(embeddings[i]))[None, None])
+            ges.append(ge)
+        ge = ges[0] if len(ges) == 1 else mx.mean(mx.stack(ges), axis=0)
+        return ge, (self.ge_to512(ge) if self.args.has_speaker else ge)
 
-    def decode(self, codes, phones, refer_spec, *, noise_scale: float = 0.5, speed: float = 1.0,
+    def _speaker_embeddings(self, sv_emb, references: int) -> list[np.ndarray] | None:
+        """`sv_emb` checked against the version and the references: one [sv_dim] array per reference."""
+        if not self.args.has_speaker:
+            if sv_emb is not None:
+                raise PrimeSpeechError(f"a {self.version} SoVITS model takes no speaker embedding (sv_emb): "
+                                       "only v2Pro/v2ProPlus models do")
+            return None
+        if sv_emb is None:
+            raise PrimeSpeechError(f"a {self.version} SoVITS model needs the reference's speaker embedding "
+                                   "(sv_emb, from the speaker-verification model)")
+        listed = isinstance(sv_emb, (list, tuple))
+        embeddings = [np.asarray(e, dtype=np.float32) for e in (sv_emb if listed else [sv_emb])]
+        if len(embeddings) != references:
+            raise PrimeSpeechError(f"{len(embeddings)} speaker embedding(s) for {references} reference "
+                                   "spectrogram(s): give one per reference")
+        for i, e in enumerate(embeddings):
+            if e.shape == (1, self.args.sv_dim):
+                embeddings[i] = e = e[0]
+            if e.shape != (self.args.sv_dim,):
+                raise PrimeSpeechError(f"speaker embedding must be [{self.args.sv_dim}], got {e.shape}")
+        return embeddings
+
+    def decode(self, codes, phones, refer_spec, *, sv_emb=None, noise_scale: float = 0.5, speed: float = 1.0,
                seed: int | None = None) -> np.ndarray:
         """Waveform (float32, 1-D, `sampling_rate` Hz) for semantic `codes` [T25] and the TARGET
         `phones` [Tp] (not the prompt's), in the voice of `refer_spec` ([1025, frames] or a list,
-        whose style vectors are averaged)."""
+        whose style vectors are averaged). v2Pro/v2ProPlus need `sv_emb`, the reference's speaker
+        embedding ([sv_dim], or a list matching a list of spectrograms); v1/v2 take none."""
         codes, phones = self._check_inputs(codes, phones, speed)
-        audio, _ = self._synthesize(codes, phones, refer_spec, noise_scale, speed, seed)
+        audio, _ = self._synthesize(codes, phones, refer_spec, sv_emb, noise_scale, speed, seed)
         return np.array(audio, dtype=np.float32)
 
-    def decode_streaming(self, codes, phones, refer_spec, *, noise_scale: float = 0.5, speed: float = 1.0,
+    def decode_streaming(self, codes, phones, refer_spec, *, sv_emb=None, noise_scale: float = 0.5,
+                         speed: float = 1.0,
                          seed: int | None = None, result_length: int | None = None,
                          overlap_frames: np.ndarray | mx.array | None = None,
                          padding_length: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -258,7 +311,7 @@ class Model(nn.Module):
         `speed`; the latent, float32 [C, 2 * kept codes] in upstream's orientation (its `y_[0]`:
         encoder2's output after the cross-fade, before the speed change), so `latent[:, -2 * k:]` is
         the next call's `overlap_frames` for an overlap of k codes; and its mask (ones [frames], as
-        upstream's `y_mask_` at batch 1).
+        upstream's `y_mask_` at batch 1). `sv_emb` as for `decode`.
         """
         codes, phones = self._check_inputs(codes, phones, speed)
         padding_frames = 2 * self._count(padding_length, "padding_length", allow_zero=True)
@@ -276,22 +329,22 @@ class Model(nn.Module):
                     f"overlap_frames must be a latent tail [{self.args.hidden_channels}, frames <= {kept}] "
                     f"from the previous decode_streaming call, got {overlap.shape}")
             overlap = mx.array(overlap.T)
-        audio, latent = self._synthesize(codes, phones, refer_spec, noise_scale, speed, seed,
+        audio, latent = self._synthesize(codes, phones, refer_spec, sv_emb, noise_scale, speed, seed,
                                          padding_frames=padding_frames, result_frames=result_frames,
                                          overlap=overlap)
         mx.eval(audio, latent)
         latent = np.array(latent[0].T, dtype=np.float32)
         return np.array(audio, dtype=np.float32), latent, np.ones(latent.shape[1], dtype=np.float32)
 
-    def _synthesize(self, codes: np.ndarray, phones: np.ndarray, refer_spec, noise_scale: float, speed: float,
-                    seed: int | None, **prior_args) -> tuple[mx.array, mx.array]:
+    def _synthesize(self, codes: np.ndarray, phones: np.ndarray, refer_spec, sv_emb, noise_scale: float,
+                    speed: float, seed: int | None, **prior_args) -> tuple[mx.array, mx.array]:
         """Lazy (waveform [N], latent [1, T, C]) for `decode` and `decode_streaming`; `prior_args`
         go to `TextEncoder.prior`."""
-        specs = refer_spec if isinstance(refer_spec, (list, tuple)) else [refer_spec]
-        ge = self.style_embedding(specs)
+        ge, ge_text = self.style_embedding(refer_spec, sv_emb)
         text = self.enc_p.encode_text(mx.array(phones)[None])
         quantized = mx.repeat(self.quantizer.embed[mx.array(codes)], 2, axis=0)[None]  # 25 Hz -> 50 Hz
-        m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge, speed, **prior_args)
+        m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge_text, speed,
+                                               **prior_args)
         if noise_scale:
             key = mx.random.key(seed) if seed is not None else None
             z_p = m_p + mx.random.normal(m_p.shape, key=key) * mx.exp(logs_p) * noise_scale
@@ -370,4 +423,12 @@ def _rename(key: str) -> str:
     return key
 
 
-__all__ = ["Model", "ModelArgs"]
+def load_model(path, *, dtype=None) -> Model:
+    """A SoVITS model from an official `.pth` (v1, v2, v2Pro, v2ProPlus; converted once, cached
+    beside it) or a converted folder: the one loader's `load_model("sovits", path)`."""
+    from ..loading import load_model as load
+
+    return load(KIND, path, dtype=dtype)
+
+
+__all__ = ["Model", "ModelArgs", "load_model"]

@@ -153,6 +153,18 @@ class Model(nn.Module):
 
     forward3 = __call__
 
+    def embed(self, wav_16k: np.ndarray) -> np.ndarray:
+        """The speaker embedding [embedding_dim] (float32) of a mono 16 kHz clip, as upstream's
+        `SV.compute_embedding3`: Kaldi fbank (80 bins, no dither) -> `forward3`."""
+        from ..features import speaker_fbank
+
+        wav = np.asarray(wav_16k, dtype=np.float32)
+        if wav.ndim != 1 or wav.shape[0] < 400:
+            raise PrimeSpeechError(f"the speaker model wants a mono 16 kHz clip of at least 400 samples, got "
+                                   f"shape {wav.shape}")
+        out = self(mx.array(speaker_fbank(wav))[None])
+        return np.array(out[0].astype(mx.float32))
+
     @staticmethod
     def sanitize(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """The official state dict -> this model's (numpy in, numpy out): drops BatchNorm
@@ -166,3 +178,11 @@ class Model(nn.Module):
                 value = np.ascontiguousarray(np.moveaxis(value, 1, 3))
             out[key] = value
         return out
+
+
+def load_model(path, *, dtype=None) -> Model:
+    """The speaker model from its official state dict (`sv/pretrained_eres2netv2w24s4ep4.ckpt`,
+    converted once, cached beside it) or a converted folder: the one loader's `load_model("speaker", path)`."""
+    from ..loading import load_model as load
+
+    return load(KIND, path, dtype=dtype)

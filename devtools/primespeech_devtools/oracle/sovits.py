@@ -35,26 +35,39 @@ HEADERS = {"v1": b"00", "v2": b"01", "v3": b"02", "v3-lora": b"03", "v4-lora": b
            "v2ProPlus": b"06"}
 
 
+SPEAKER_VERSIONS = ("v2Pro", "v2ProPlus")
+SV_EMB_GAIN = 0.5  # sv_emb weights at half the usual scale: the embedding (std ~10) then moves the style
+#                    vector without saturating the PReLU's output
+
+
 def s2_config(name: str = "s2.json") -> dict[str, Any]:
     """Upstream's shipped SoVITS training config (`configs/s2.json`, `s2v2Pro.json`, ...)."""
     return json.loads((Path(import_upstream()) / "configs" / name).read_text())
 
 
-def small_config() -> dict[str, Any]:
-    """s2.json shrunk for fast tests: fewer encoder layers, narrower FFN and generator. The MRTE
-    (192 -> 512), style vector (512) and SSL (768) widths are fixed upstream and stay."""
-    hps = s2_config()
-    hps["model"].update(filter_channels=256, n_layers=2, upsample_initial_channel=128)
+def version_config(version: str) -> dict[str, Any]:
+    """The shipped config a version trains with: s2.json (v1, v2), s2v2Pro.json, s2v2ProPlus.json."""
+    return s2_config(f"s2{version}.json" if version in SPEAKER_VERSIONS else "s2.json")
+
+
+def small_config(version: str = "v2") -> dict[str, Any]:
+    """The version's config shrunk for fast tests: fewer encoder layers, narrower FFN and generator
+    (v2ProPlus keeps its generator's shape: first upsampling kernel 20, 1.5x the v2Pro width). The
+    MRTE (192 -> 512), style vector (gin) and SSL (768) widths are fixed upstream and stay."""
+    hps = version_config(version)
+    width = 192 if version == "v2ProPlus" else 128
+    hps["model"].update(filter_channels=256, n_layers=2, upsample_initial_channel=width)
     return hps
 
 
 def build_upstream(version: str = "v2", *, seed: int = 0, hps: dict[str, Any] | None = None):
-    """Upstream `SynthesizerTrn` in eval mode with seeded random fp16-valued weights."""
+    """Upstream `SynthesizerTrn` in eval mode with seeded random fp16-valued weights (hps: the
+    version's shipped config unless given)."""
     import_upstream()
     import torch
     from module.models import SynthesizerTrn
 
-    hps = copy.deepcopy(hps or s2_config())
+    hps = copy.deepcopy(hps or version_config(version))
     model_cfg = dict(hps["model"], version=version, semantic_frame_rate="25hz")
     net = SynthesizerTrn(hps["data"]["filter_length"] // 2 + 1,
                          hps["train"]["segment_size"] // hps["data"]["hop_length"],
@@ -99,7 +112,8 @@ def randomize_(net, seed: int) -> None:
             elif name.endswith("beta") or p.ndim == 1:
                 p.copy_(0.1 * normal(p.shape))
             else:
-                p.copy_(normal(p.shape) / math.sqrt(_fan_in(name, p)))
+                gain = SV_EMB_GAIN if name == "sv_emb.weight" else 1.0
+                p.copy_(gain * normal(p.shape) / math.sqrt(_fan_in(name, p)))
         net.quantizer.vq.layers[0]._codebook.embed.copy_(
             normal(net.quantizer.vq.layers[0]._codebook.embed.shape))
         for tensor in list(params.values()) + [net.quantizer.vq.layers[0]._codebook.embed]:
@@ -200,8 +214,20 @@ def save_official(net, path: str | os.PathLike, *, weight_norm: str = "old", hea
     return path
 
 
-def upstream_decode(net, codes, phones, specs, *, noise_scale: float = 0.0, speed: float = 1.0) -> np.ndarray:
-    """Upstream `decode` on codes [T25], target phones [Tp] and [1025, frames] spectrogram(s)."""
+def _sv(sv_emb):
+    """Speaker embedding(s) [20480] as upstream's decode takes them: a list of [1, 20480] tensors."""
+    import torch
+
+    if sv_emb is None:
+        return None
+    items = sv_emb if isinstance(sv_emb, (list, tuple)) else [sv_emb]
+    return [torch.as_tensor(np.asarray(e, dtype=np.float32).reshape(1, -1)) for e in items]
+
+
+def upstream_decode(net, codes, phones, specs, *, noise_scale: float = 0.0, speed: float = 1.0,
+                    sv_emb=None) -> np.ndarray:
+    """Upstream `decode` on codes [T25], target phones [Tp] and [1025, frames] spectrogram(s);
+    v2Pro/v2ProPlus: `sv_emb`, one [20480] embedding per spectrogram."""
     import torch
 
     specs = specs if isinstance(specs, (list, tuple)) else [specs]
@@ -209,13 +235,13 @@ def upstream_decode(net, codes, phones, specs, *, noise_scale: float = 0.0, spee
         out = net.decode(torch.as_tensor(np.asarray(codes), dtype=torch.long)[None, None],
                          torch.as_tensor(np.asarray(phones), dtype=torch.long)[None],
                          [torch.as_tensor(np.asarray(s, dtype=np.float32))[None] for s in specs],
-                         noise_scale=noise_scale, speed=speed)
+                         noise_scale=noise_scale, speed=speed, sv_emb=_sv(sv_emb))
     return out[0, 0].numpy()
 
 
 def upstream_decode_streaming(net, codes, phones, specs, *, noise_scale: float = 0.0, speed: float = 1.0,
                               result_length: int | None = None, overlap_frames=None,
-                              padding_length: int | None = None):
+                              padding_length: int | None = None, sv_emb=None):
     """Upstream `decode_streaming` (batch 1) -> torch (audio [N], latent [1, C, T], latent mask [1, 1, T]).
     `overlap_frames` is a torch latent slice [1, C, F] in upstream's layout (or None)."""
     import torch
@@ -227,7 +253,7 @@ def upstream_decode_streaming(net, codes, phones, specs, *, noise_scale: float =
             torch.as_tensor(np.asarray(phones), dtype=torch.long)[None],
             [torch.as_tensor(np.asarray(s, dtype=np.float32))[None] for s in specs],
             noise_scale=noise_scale, speed=speed, result_length=result_length, overlap_frames=overlap_frames,
-            padding_length=padding_length)
+            padding_length=padding_length, sv_emb=_sv(sv_emb))
     return audio[0, 0], latent, mask
 
 
@@ -258,7 +284,7 @@ def upstream_sola():
 
 
 def upstream_stream(net, chunks, phones, specs, *, speed: float = 1.0, overlap_length: int = 2,
-                    noise_scale: float = 0.0) -> list[np.ndarray]:
+                    noise_scale: float = 0.0, sv_emb=None) -> list[np.ndarray]:
     """The SoVITS side of upstream TTS.run's streaming loop (TTS_infer_pack/TTS.py, streaming_mode
     branch) on a given sequence of T2S chunks, each `(codes or None, is_final)`; returns the audio
     pieces it yields (before int16 post-processing). Restated here statement for statement with
@@ -284,7 +310,7 @@ def upstream_stream(net, chunks, phones, specs, *, speed: float = 1.0, overlap_l
             net, torch.cat(history, dim=-1)[0].numpy(), phones, specs, noise_scale=noise_scale, speed=speed,
             result_length=None if first else n + overlap_len,
             overlap_frames=None if last_latent is None else last_latent[:, :, -overlap_len * 2:],
-            padding_length=0)
+            padding_length=0, sv_emb=sv_emb)
         if overlap_len > overlap_length:
             audio = audio[-int((overlap_length + n) * rate):]
         piece = audio
@@ -353,5 +379,5 @@ def shared_upstream(version: str = "v2", *, seed: int = 0, small: bool = True):
     """`build_upstream` memoised per process (tests share models across files; do not mutate)."""
     key = (version, seed, small)
     if key not in _BUILT:
-        _BUILT[key] = build_upstream(version, seed=seed, hps=small_config() if small else None)
+        _BUILT[key] = build_upstream(version, seed=seed, hps=small_config(version) if small else None)
     return _BUILT[key]

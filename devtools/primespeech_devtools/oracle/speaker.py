@@ -92,3 +92,8 @@ def forward3(model, feats: np.ndarray) -> np.ndarray:
 
     with torch.no_grad():
         return model.forward3(torch.from_numpy(np.asarray(feats, np.float32))).numpy()
+
+
+def embedding(model, wave: np.ndarray) -> np.ndarray:
+    """Upstream's `SV.compute_embedding3` of one 16 kHz mono clip -> [20480]: fbank, then `forward3`."""
+    return forward3(model, fbank(wave)[None])[0]
