@@ -128,6 +128,8 @@ def _clip(text: str, limit: int = 40) -> str:
 
 # -- voices ------------------------------------------------------------------------------------------
 def _voices(args: argparse.Namespace) -> int:
+    from .loading import sovits_version
+
     registry = _registry(args)
     encoders_missing = [p for p in registry.encoder_files() if not p.is_file()]
     print(f"model root: {registry.model_root}")
@@ -136,7 +138,8 @@ def _voices(args: argparse.Namespace) -> int:
         voice = registry.get(name)
         state = "installed" if registry.installed(name) else "missing"
         kind = "built-in" if registry.is_builtin(name) else "user"
-        print(f"  {name:<{width}}  {state:<9}  {voice.text_lang:<4} speed {voice.speed:<4}  {kind}")
+        version = (sovits_version(voice.sovits_path) or "?") if voice.sovits_path.is_file() else "-"
+        print(f"  {name:<{width}}  {state:<9}  {voice.text_lang:<4} speed {voice.speed:<4}  {version:<9}  {kind}")
     if encoders_missing:
         print(f"shared encoders missing ({len(encoders_missing)} files, e.g. {encoders_missing[0]}): "
               "`primespeech-mlx download` fetches them")
@@ -144,7 +147,8 @@ def _voices(args: argparse.Namespace) -> int:
 
 
 # -- download ----------------------------------------------------------------------------------------
-def download_plan(registry, voices: list[str], with_g2pw: bool) -> list[tuple[str, str | None, Path]]:
+def download_plan(registry, voices: list[str], with_g2pw: bool,
+                  with_speaker: bool = False) -> list[tuple[str, str | None, Path]]:
     """(hub repository, file in the repository or None for the whole repository, local folder) for each
     needed file. Files already on disk are left out, and so are a voice's files replaced by overrides
     (GPT_MODEL_PATH, ...): those are the user's own."""
@@ -166,6 +170,8 @@ def download_plan(registry, voices: list[str], with_g2pw: bool) -> list[tuple[st
         overridden = registry.overridden(name)
         plan += [(source, entry[k], moyoyo) for k in ("gpt_weights", "sovits_weights", "reference_audio")
                  if k not in overridden]
+    if with_speaker:  # the speaker-verification model of v2Pro/v2ProPlus voices, where moyoyo/ keeps it
+        plan.append((registry.config["speaker"]["repository"], root.speaker.relative_to(moyoyo).as_posix(), moyoyo))
     plan = [(r, f, d) for r, f, d in plan if not (d / f).is_file()]
     g2pw = registry.config["g2pw"]
     if with_g2pw and not all((root.g2pw / f).is_file() for f in g2pw["required"]):
@@ -294,7 +300,7 @@ def _download(args: argparse.Namespace) -> int:
         voices = [n for n in registry.names() if registry.is_builtin(n)]
     else:
         voices = [find_voice(registry, v).name for v in (args.voice or [registry.default_voice])]
-    plan = download_plan(registry, voices, with_g2pw=args.g2pw)
+    plan = download_plan(registry, voices, with_g2pw=args.g2pw, with_speaker=args.sv)
     if plan:
         run_download(plan, config=args.config)
     still_missing = [message for message in map(registry.missing_message, voices) if message]
@@ -351,6 +357,9 @@ def add_commands(sub, config: NodeConfig | None = None) -> None:
     group = dl.add_mutually_exclusive_group()
     group.add_argument("--voice", action="append", help="a voice to download (repeatable; default Doubao)")
     group.add_argument("--all", action="store_true", help="all 15 built-in voices")
+    dl.add_argument("--sv", action="store_true",
+                    help="also the speaker-verification model v2Pro/v2ProPlus voices need "
+                         "(lj1995/GPT-SoVITS sv/pretrained_eres2netv2w24s4ep4.ckpt)")
     dl.add_argument("--g2pw", action="store_true",
                     help="also the g2pW polyphone model (alextomcat/G2PWModel; needs onnxruntime to use)")
     _add_root_options(dl, config)

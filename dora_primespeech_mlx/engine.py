@@ -115,6 +115,7 @@ class _Prompt:
     bert: np.ndarray  # [1024, len(phones)]
     codes: np.ndarray | None  # prompt semantic codes; None without a prompt text
     refer_spec: np.ndarray  # [1025, frames]
+    sv_emb: np.ndarray | None = None  # the reference's speaker embedding (v2Pro/v2ProPlus voices only)
 
     def t2s_row(self, segment, bert: np.ndarray) -> tuple[list[int], np.ndarray]:
         """T2S input for a segment: prompt + segment phones, and their BERT features side by side."""
@@ -147,6 +148,7 @@ class Synthesizer:
         self._prompts: OrderedDict[tuple, Any] = OrderedDict()  # prompt pieces, LRU
         self._max_prompts = 3 * max_prompts
         self._pipeline = None
+        self._speaker = None  # the speaker-verification model, loaded when a v2Pro/v2ProPlus voice needs it
         self._lock = threading.RLock()
 
     # -- public API --------------------------------------------------------------------------------
@@ -260,7 +262,8 @@ class Synthesizer:
                 codes = kept_codes(codes, models.early_stop_num, max_tokens)
                 t3 = time.perf_counter()
                 audio = models.sovits.decode(np.asarray(codes, dtype=np.int64), segment.phones, prompt.refer_spec,
-                                             noise_scale=options.noise_scale, speed=speed, seed=seeds[index - start])
+                                             sv_emb=prompt.sv_emb, noise_scale=options.noise_scale, speed=speed,
+                                             seed=seeds[index - start])
                 t4 = time.perf_counter()
                 audio = finish_fragment(audio, silence, fade=int(options.edge_fade * SAMPLE_RATE))
                 timings = {"frontend": share["frontend"] + (setup if index == 0 else 0.0), "t2s": share["t2s"],
@@ -301,7 +304,7 @@ class Synthesizer:
                 if count % CANCEL_POLL_CODES == 0:
                     poll()
 
-        decoder = StreamDecoder(models.sovits, segment.phones, prompt.refer_spec, speed=speed,
+        decoder = StreamDecoder(models.sovits, segment.phones, prompt.refer_spec, sv_emb=prompt.sv_emb, speed=speed,
                                 noise_scale=options.noise_scale, overlap_length=options.overlap_length, seed=seed)
         similarity = None if options.fixed_length_chunk else models.similarity()
         fade = int(options.edge_fade * SAMPLE_RATE)
@@ -351,7 +354,8 @@ class Synthesizer:
 
     def _prompt(self, voice: Voice, prompt_text: str, prompt_lang: str, models: _VoiceModels) -> _Prompt:
         """The prompt: transcript phones + BERT (cached per text), and the reference clip's semantic codes
-        and spectrogram (cached per clip content and SoVITS model)."""
+        and spectrogram (cached per clip content and SoVITS model) and, for v2Pro/v2ProPlus, its speaker
+        embedding (cached per clip)."""
         ref = Path(voice.ref_audio)
         try:
             stat = ref.stat()
@@ -362,7 +366,10 @@ class Synthesizer:
         phones, bert = self._cached(text_key, lambda: self._prompt_features(prompt_text, prompt_lang))
         spec = self._cached(("spec", *ref_key[:3]), lambda: self._spectrogram(ref))
         codes = self._cached(ref_key, lambda: self._semantic(ref, voice, models)) if phones else None
-        return _Prompt(phones=phones, bert=bert, codes=codes, refer_spec=spec)
+        sv_emb = None
+        if models.sovits.args.has_speaker:
+            sv_emb = self._cached(("sv", *ref_key[:3]), lambda: self._speaker_embedding(ref, voice, models))
+        return _Prompt(phones=phones, bert=bert, codes=codes, refer_spec=spec, sv_emb=sv_emb)
 
     def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
         if key in self._prompts:
@@ -404,6 +411,25 @@ class Synthesizer:
             return compute()["codes"]
         cache = PromptCache(persist_dir=converted_dir_for(voice.sovits_path))
         return cache.get_or_compute(ref, "", "", compute, tag=tag)["codes"]
+
+    def _speaker_embedding(self, ref: Path, voice: Voice, models: _VoiceModels) -> np.ndarray:
+        """The reference clip's speaker embedding as upstream prepares it: the 32 kHz reference (peak
+        limited, as for the spectrogram) resampled to 16 kHz, then the speaker model's `embed`."""
+        from .audio import SOVITS_SAMPLE_RATE, limit_peak, load_audio, resample
+        from .models.speaker import SAMPLE_RATE as SPEAKER_RATE
+
+        if self._speaker is None:
+            path = self.registry.speaker_path
+            if not path.is_file():
+                raise PrimeSpeechError(
+                    f"voice {voice.name!r} is GPT-SoVITS {models.sovits.version}: it needs the speaker-verification "
+                    f"model {path}, which is not there: `primespeech-mlx download --sv` fetches it")
+            self._speaker = loading.load_model("speaker", path)
+        started = time.perf_counter()
+        wav = resample(limit_peak(load_audio(ref, SOVITS_SAMPLE_RATE)), SOVITS_SAMPLE_RATE, SPEAKER_RATE)
+        embedding = self._speaker.embed(wav)
+        logger.info("reference %s: speaker embedding in %.2fs", ref.name, time.perf_counter() - started)
+        return embedding
 
     @staticmethod
     def _spectrogram(ref: Path) -> np.ndarray:

@@ -182,6 +182,32 @@ def _read_sovits(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return weights, fields
 
 
+def sovits_version(path: str | os.PathLike) -> str | None:
+    """The GPT-SoVITS version of a SoVITS file, for listings: its fresh conversion's record, else the
+    file's version header, else the file itself read and recognised; None when it cannot be read.
+    Versions we do not load (v3, v4) are named too."""
+    from .checkpoint import sniff_header
+
+    path = Path(path)
+    try:
+        out = converted_dir_for(path)
+        if is_fresh(out, path, "sovits"):
+            return read_config(out).get("version")
+        header = sniff_header(path)
+        if header is not None:
+            return header
+        data = load_checkpoint(path).data
+        weights = data.get("weight") if isinstance(data, dict) else None
+        if not isinstance(weights, dict):
+            return None
+        return detect_sovits_version(weights, _plain(data.get("config")), None)
+    except PrimeSpeechError as exc:
+        found = [v for v in ("v3", "v4") if f"GPT-SoVITS {v}" in str(exc)]
+        return found[0] if found else None
+    except OSError:
+        return None
+
+
 def read_hf_folder(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """A Hugging Face model folder: the weights of pytorch_model.bin or model.safetensors, and config.json."""
     try:

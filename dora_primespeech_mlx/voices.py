@@ -86,6 +86,12 @@ class ModelRoot:
         return self.moyoyo / "chinese-roberta-wwm-ext-large"
 
     @property
+    def speaker(self) -> Path:
+        """The speaker-verification model v2Pro/v2ProPlus voices need (upstream's
+        pretrained_models/sv/ file, fetched by `primespeech-mlx download --sv`)."""
+        return self.moyoyo / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt"
+
+    @property
     def g2pw(self) -> Path:
         """The optional g2pW polyphone model folder."""
         return self.path / "G2PWModel"
@@ -199,6 +205,10 @@ class VoiceRegistry:
     @property
     def g2pw_dir(self) -> Path:
         return self.root.g2pw
+
+    @property
+    def speaker_path(self) -> Path:
+        return self.root.speaker
 
     # -- lookup ------------------------------------------------------------------------------------
     def names(self) -> list[str]:

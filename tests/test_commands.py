@@ -129,6 +129,43 @@ def test_download_plan(tmp_path):
     assert everything[-1] == ("alextomcat/G2PWModel", None, tmp_path / "G2PWModel")
 
 
+def test_download_plan_with_the_speaker_model(tmp_path):
+    reg = VoiceRegistry(tmp_path)
+    plan = download_plan(reg, ["Doubao"], with_g2pw=False, with_speaker=True)
+    assert plan[-1] == ("lj1995/GPT-SoVITS", "sv/pretrained_eres2netv2w24s4ep4.ckpt", tmp_path / "moyoyo")
+    assert tmp_path / "moyoyo" / plan[-1][1] == reg.speaker_path  # lands where the engine looks for it
+    _touch(reg.speaker_path)
+    assert download_plan(reg, ["Doubao"], with_g2pw=False, with_speaker=True) == plan[:-1]
+    assert "--sv" in "".join(_help(["download", "--help"]))
+
+
+def _help(argv) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        cli.main(argv)
+    return out.getvalue()
+
+
+def test_voices_shows_each_voice_version(tmp_path, capsys, monkeypatch):
+    from dora_primespeech_mlx import loading
+
+    reg = VoiceRegistry(tmp_path)
+    for name in ("Cove", "Maple"):
+        for path in (reg.get(name).gpt_path, reg.get(name).sovits_path, reg.get(name).ref_audio):
+            _touch(path)
+    reg.get("Maple").sovits_path.write_bytes(b"06" + b"\0" * 30)  # a v2ProPlus header
+    assert cli.main(["voices", "--model-root", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    line = {n: next(x for x in lines if x.strip().startswith(n)) for n in ("Cove", "Maple", "Doubao")}
+    assert "v2ProPlus" in line["Maple"]
+    assert " ? " in line["Cove"]  # an empty file: unreadable
+    assert " - " in line["Doubao"]  # not downloaded
+    assert loading.sovits_version(reg.get("Maple").sovits_path) == "v2ProPlus"
+
+
 def test_run_download_fetches_and_reports_failures(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     reg = VoiceRegistry(tmp_path)
@@ -272,10 +309,10 @@ def test_say_offers_only_the_languages_the_frontend_supports(capsys):
     with pytest.raises(SystemExit):
         cli.main(["say", "--help"])
     text_lang_help = capsys.readouterr().out.split("--text-lang")[1].split("--speed")[0]
-    assert not re.search(r"\b(ja|ko|yue|all_ja|all_ko|all_yue)\b", text_lang_help.replace("auto_yue", ""))
+    assert all(re.search(rf"\b{mode}\b", text_lang_help) for mode in SUPPORTED_MODES)
     with pytest.raises(SystemExit):
-        cli.main(["say", "こんにちは", "--text-lang", "ja"])
-    assert "invalid choice: 'ja'" in capsys.readouterr().err
+        cli.main(["say", "bonjour", "--text-lang", "fr"])
+    assert "invalid choice: 'fr'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------------------- logging, progress

@@ -31,11 +31,12 @@ pytestmark = [
 ]
 
 
-def write_small_voice(root: Path, name: str, seed: int, encoders: bool) -> None:
-    """A random-weight voice with small models in the official layout, registered in root/voices.json."""
+def write_small_voice(root: Path, name: str, seed: int, encoders: bool, version: str = "v2") -> None:
+    """A random-weight voice with small models in the official layout, registered in root/voices.json
+    (v2Pro/v2ProPlus: the SoVITS file with its version header, and the speaker model under moyoyo/sv/)."""
     pytest.importorskip("torch")
     from primespeech_devtools.oracle import encoders as enc
-    from primespeech_devtools.oracle import sovits, t2s
+    from primespeech_devtools.oracle import sovits, speaker, t2s
     from primespeech_devtools.oracle.voice import _write_pcm16, synthetic_reference
 
     moyoyo = root / "moyoyo"
@@ -43,8 +44,11 @@ def write_small_voice(root: Path, name: str, seed: int, encoders: bool) -> None:
     config["data"]["max_sec"] = 1  # random weights rarely stop by themselves: cap each segment at 50 codes
     t2s.write_random_checkpoint(moyoyo / "GPT_weights" / f"{name}_best_gpt.ckpt", config, seed=seed)
     (moyoyo / "SoVITS_weights").mkdir(parents=True, exist_ok=True)
-    sovits.save_official(sovits.build_upstream("v2", seed=seed + 1, hps=sovits.small_config()),
-                         moyoyo / "SoVITS_weights" / f"{name}_best_sovits.pth")
+    sovits.save_official(sovits.build_upstream(version, seed=seed + 1, hps=sovits.small_config(version)),
+                         moyoyo / "SoVITS_weights" / f"{name}_best_sovits.pth",
+                         header=version if version in sovits.SPEAKER_VERSIONS else None)
+    if version in sovits.SPEAKER_VERSIONS:
+        speaker.write_checkpoint(moyoyo / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt", speaker.build(seed=seed + 4))
     (moyoyo / "ref_audios").mkdir(parents=True, exist_ok=True)
     _write_pcm16(moyoyo / "ref_audios" / f"{name}_ref.wav", synthetic_reference(4.0, seed=seed), 32000)
     if encoders:
@@ -65,6 +69,7 @@ def model_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("voices")
     write_small_voice(root, "testa", seed=0, encoders=True)
     write_small_voice(root, "testb", seed=10, encoders=False)
+    write_small_voice(root, "testpro", seed=20, encoders=False, version="v2ProPlus")
     return root
 
 
@@ -126,3 +131,16 @@ def test_two_voice_flow_on_the_test_voices(model_root, tmp_path):
     assert [a["input"] for a in data["audio"]] == ["audio_student1", "audio_student2"]
     voices = {e["input"]: json.loads(e["value"])["voice"] for e in data["status"]}
     assert voices == {"status_student1": "testa", "status_student2": "testb", "status_tutor": "testb"}
+
+
+def test_say_flow_on_a_v2proplus_voice(model_root, tmp_path):
+    """A v2ProPlus voice (speaker embedding, 768-wide generator with kernel 20) through the node."""
+    out = tmp_path / "out"
+    dora_run(DATAFLOWS / "say.yml", tmp_path, {
+        "PRIMESPEECH_MODEL_DIR": str(model_root), "VOICE_NAME": "testpro", "TEXT": "你好。\\n再见。",
+        "OUTPUT_DIR": str(out), "NAME": "pro"})
+    data = json.loads((out / "pro.json").read_text("utf-8"))
+    check_contract(data, texts=2)
+    assert {json.loads(e["value"])["voice"] for e in data["status"]} == {"testpro"}
+    # the speaker model went through the one loader too: its conversion sits beside it
+    assert (model_root / "moyoyo" / "sv" / "pretrained_eres2netv2w24s4ep4.mlx").is_dir()

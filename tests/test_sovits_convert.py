@@ -138,6 +138,7 @@ def test_v2pro_told_by_keys_config_and_width(oracle, v2pro_weights, tmp_path):
     weights, hps = v2pro_weights
     plain = oracle.save_official(None, tmp_path / "pro.pth", weights=weights, version="v2Pro", hps=hps)
     assert loading.load_model("sovits", plain).version == "v2Pro"
+    assert loading.sovits_version(plain) == "v2Pro"  # for `primespeech-mlx voices`: from the conversion
     state = {k: v.numpy() for k, v in weights.items()}
     assert loading.detect_sovits_version(state, {}, None) == "v2Pro"
     assert loading.detect_sovits_version(state, {"model": {"version": "v2ProPlus"}}, None) == "v2ProPlus"

@@ -9,6 +9,9 @@
     <model_root>/moyoyo/chinese-roberta-wwm-ext-large/           real config + tokenizer, random weights
     <model_root>/voices.json                                     registers the voice ("test")
 
+(`version="v2Pro"`/`"v2ProPlus"`: the SoVITS file is that version's, with its header, and the speaker
+model `<model_root>/moyoyo/sv/pretrained_eres2netv2w24s4ep4.ckpt` is written too, random as well.)
+
 and the engine loads it exactly like a downloaded voice (its official files are converted on first
 use). The GPT checkpoint's `data.max_sec` is small (1 s), so each segment stops after 50 codes
 (2 s of audio): random weights rarely emit EOS. It speaks noise.
@@ -37,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from primespeech_devtools.oracle import import_upstream
+from primespeech_devtools.oracle.sovits import HEADERS, SPEAKER_VERSIONS
 
 SAMPLE_RATE = 32000
 TEST_PROMPT_TEXT = "这是一个用来测试的声音，它只会说出噪音"
@@ -87,12 +91,12 @@ class TestVoiceFiles:
 def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed: int = 0,
                      max_sec: float = TEST_MAX_SEC, ref_seconds: float = 4.0,
                      prompt_text: str = TEST_PROMPT_TEXT, prompt_lang: str = "zh", text_lang: str = "zh",
-                     speed: float = 1.1) -> TestVoiceFiles:
+                     speed: float = 1.1, version: str = "v2") -> TestVoiceFiles:
     """Write a complete random-weight voice `name` under `model_root` in the official layout and
     register it in `<model_root>/voices.json`. Files already there are kept (encoders are shared by
     every test voice of a root), so calling it again is cheap."""
     import_upstream()
-    from primespeech_devtools.oracle import encoders, sovits, t2s
+    from primespeech_devtools.oracle import encoders, sovits, speaker, t2s
 
     root = Path(model_root).expanduser()
     moyoyo = root / "moyoyo"
@@ -106,9 +110,12 @@ def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed:
         t2s.write_random_checkpoint(gpt, config, seed=seed)
     if not sov.is_file():
         sov.parent.mkdir(parents=True, exist_ok=True)
-        net = sovits.build_upstream("v2", seed=seed + 1)
-        sovits.save_official(net, sov)
+        net = sovits.build_upstream(version, seed=seed + 1)
+        sovits.save_official(net, sov, header=version if version in sovits.SPEAKER_VERSIONS else None)
         del net
+    sv_file = moyoyo / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt"
+    if version in sovits.SPEAKER_VERSIONS and not sv_file.is_file():
+        speaker.write_checkpoint(sv_file, speaker.build(seed=seed + 4))
     if not ref.is_file():
         ref.parent.mkdir(parents=True, exist_ok=True)
         _write_pcm16(ref, synthetic_reference(ref_seconds, seed=seed), SAMPLE_RATE)
@@ -133,18 +140,31 @@ def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed:
 _SHARED: dict[str, TestVoiceFiles] = {}
 
 
-def shared_test_voice(name: str = "test") -> TestVoiceFiles:
-    """The test voice in a per-process temporary model root (built once, removed at exit), so that
-    several test modules share one build."""
+def shared_test_voice(name: str = "test", **options) -> TestVoiceFiles:
+    """The test voice `name` (`build_test_voice` options) in a per-process temporary model root (built
+    once, removed at exit), so that several test modules share one build. Voices other than "test" get
+    a root of their own that links to the "test" root's encoders (gigabytes, written once)."""
     if name not in _SHARED:
         import atexit
         import shutil
         import tempfile
 
-        root = Path(os.environ.get("PRIMESPEECH_TEST_VOICE_ROOT") or tempfile.mkdtemp(prefix="primespeech-voice-"))
-        if "PRIMESPEECH_TEST_VOICE_ROOT" not in os.environ:
+        from primespeech_devtools.oracle import encoders
+
+        given = os.environ.get("PRIMESPEECH_TEST_VOICE_ROOT")
+        if given:
+            root = Path(given) if name == "test" else Path(given) / name
+        else:
+            root = Path(tempfile.mkdtemp(prefix="primespeech-voice-"))
             atexit.register(shutil.rmtree, root, True)
-        _SHARED[name] = build_test_voice(root, name)
+        if name != "test":
+            base = shared_test_voice().model_root / "moyoyo"
+            for folder in (encoders.HUBERT_NAME, encoders.ROBERTA_NAME):
+                link = root / "moyoyo" / folder
+                if not link.exists():
+                    link.parent.mkdir(parents=True, exist_ok=True)
+                    link.symlink_to(base / folder, target_is_directory=True)
+        _SHARED[name] = build_test_voice(root, name, **options)
     return _SHARED[name]
 
 
@@ -247,7 +267,8 @@ def frontend_in_process(requests: list[dict[str, str]]) -> list[list[dict[str, A
 class OracleTTS:
     """Upstream GPT-SoVITS inference for one voice's official files, composed as TTS.run does."""
 
-    def __init__(self, gpt_path, sovits_path, hubert_dir, roberta_dir, *, in_process_frontend: bool = False):
+    def __init__(self, gpt_path, sovits_path, hubert_dir, roberta_dir, *, sv_path=None,
+                 in_process_frontend: bool = False):
         import_upstream()
         self._frontend = frontend_in_process if in_process_frontend else upstream_frontend
         import torch
@@ -269,7 +290,11 @@ class OracleTTS:
             s2 = load_sovits_new(str(sovits_path))
         hps = s2["config"]
         model_cfg = dict(hps["model"])
-        model_cfg.update(semantic_frame_rate="25hz", version="v2")
+        # the version as upstream's TTS reads it: the file's header (process_ckpt), v2 for a plain file
+        with open(sovits_path, "rb") as f:
+            head = f.read(2)
+        self.version = {v: k for k, v in HEADERS.items()}.get(head, "v2")
+        model_cfg.update(semantic_frame_rate="25hz", version=self.version)
         data = hps["data"]
         self.hop = data["hop_length"]
         self.vits = SynthesizerTrn(data["filter_length"] // 2 + 1, hps["train"]["segment_size"] // self.hop,
@@ -279,6 +304,13 @@ class OracleTTS:
         self.vits.eval()
         self.hubert = load_upstream_hubert(hubert_dir)
         self.bert_model, self.tokenizer = load_upstream_roberta(roberta_dir)
+        self.sv = None
+        if self.version in SPEAKER_VERSIONS:  # sv.py's SV: ERes2NetV2 on the official state dict
+            from primespeech_devtools.oracle.speaker import CONFIG, _eres2net
+
+            self.sv = _eres2net()[0].ERes2NetV2(**CONFIG)
+            self.sv.load_state_dict(torch.load(str(sv_path), map_location="cpu", weights_only=False))
+            self.sv.eval()
 
     @property
     def early_stop_num(self) -> int:
@@ -333,7 +365,16 @@ class OracleTTS:
         if peak > 1:
             audio /= min(2, peak)
         spec = spectrogram_torch(audio, 2048, SAMPLE_RATE, 640, 2048, center=False)
-        return {"phones": segment["phones"], "bert": self.bert(segment), "codes": codes, "spec": spec}
+        prompt = {"phones": segment["phones"], "bert": self.bert(segment), "codes": codes, "spec": spec}
+        if self.sv is not None:
+            # _get_ref_spec's 16 kHz copy of the peak-limited 32 kHz reference, then compute_embedding3.
+            # Upstream resamples with PyAV (torchaudio before); neither is installed here, so soxr HQ,
+            # the resampler of every other step of this flow.
+            from primespeech_devtools.oracle.speaker import embedding
+
+            wav16k = librosa.resample(audio[0].numpy(), orig_sr=SAMPLE_RATE, target_sr=16000, res_type="soxr_hq")
+            prompt["sv_emb"] = torch.from_numpy(embedding(self.sv, wav16k))[None]
+        return prompt
 
     def synthesize(self, text: str, text_lang: str, prompt: dict[str, Any], *, speed: float = 1.0,
                    top_k: int = 1, top_p: float = 1.0, temperature: float = 1.0,
@@ -360,8 +401,9 @@ class OracleTTS:
                     top_k=top_k, top_p=top_p, temperature=temperature, early_stop_num=self.early_stop_num,
                     repetition_penalty=repetition_penalty))
                 pred = y[0, -idx:]  # what TTS.run keeps of the generated codes
+                sv_emb = [prompt["sv_emb"]] if "sv_emb" in prompt else None
                 audio = self.vits.decode(pred[None, None], torch.LongTensor(seg["phones"])[None],
-                                         [prompt["spec"]], noise_scale=noise_scale, speed=speed)[0, 0]
+                                         [prompt["spec"]], noise_scale=noise_scale, speed=speed, sv_emb=sv_emb)[0, 0]
             peak = audio.abs().max()
             if peak > 1:
                 audio = audio / peak
@@ -378,7 +420,8 @@ def run_oracle(job: dict[str, Any]) -> dict[str, Any]:
     import time
 
     started = time.perf_counter()
-    oracle = OracleTTS(job["gpt"], job["sovits"], job["hubert"], job["roberta"], in_process_frontend=True)
+    oracle = OracleTTS(job["gpt"], job["sovits"], job["hubert"], job["roberta"], sv_path=job.get("sv"),
+                       in_process_frontend=True)
     prompt = oracle.prompt(job["ref"], job["prompt_text"], job["prompt_lang"])
     load_seconds = time.perf_counter() - started
     results = []
@@ -448,7 +491,8 @@ def voice_job(files: TestVoiceFiles | None = None, **voice) -> dict[str, Any]:
     reg = VoiceRegistry(files.model_root)
     v = reg.get(files.name)
     return {"gpt": str(v.gpt_path), "sovits": str(v.sovits_path), "hubert": str(reg.hubert_dir),
-            "roberta": str(reg.roberta_dir), "ref": str(v.ref_audio), "prompt_text": v.prompt_text,
+            "roberta": str(reg.roberta_dir), "sv": str(reg.speaker_path), "ref": str(v.ref_audio),
+            "prompt_text": v.prompt_text,
             "prompt_lang": v.prompt_lang, **voice}
 
 

@@ -1,0 +1,120 @@
+"""The engine with a v2ProPlus voice: text -> waveform against upstream's TTS.run flow, and the paths a
+node takes (streaming, speed, a trained voice given by its files, the speaker model missing).
+
+The voice is `oracle.voice.build_test_voice(version="v2ProPlus")`: full-size random weights in the
+official formats (the SoVITS file with its `06` header, the speaker model as upstream's plain state
+dict under moyoyo/sv/), sharing the test voice's encoders. Upstream's side computes the reference's
+embedding as `TTS._get_ref_spec` does (the peak-limited 32 kHz reference at 16 kHz, `compute_embedding3`),
+resampling with soxr HQ as every other step of the oracle's flow does (upstream's PyAV is not installed
+here). Greedy T2S, noise_scale 0, edge fades off: the codes of every segment identical, the waveform
+within ATOL.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ATOL = 1e-4  # absolute, on audio in [-1, 1]
+TEXT = "你好，今天天气不错。我买了3个苹果！"
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def voice_files(upstream):
+    from primespeech_devtools.oracle.voice import shared_test_voice
+
+    return shared_test_voice("pro", version="v2ProPlus")
+
+
+@pytest.fixture(scope="module")
+def oracle_result(voice_files):
+    from primespeech_devtools.oracle.voice import oracle_subprocess, voice_job
+
+    case = {"text": TEXT, "lang": "zh", "speed": 1.1, "top_k": 1, "noise_scale": 0.0, "fragment_interval": 0.07}
+    return oracle_subprocess(voice_job(voice_files, cases=[case]))["results"][0]
+
+
+@pytest.fixture(scope="module")
+def engine(voice_files):
+    from dora_primespeech_mlx.engine import Synthesizer
+    from dora_primespeech_mlx.voices import VoiceRegistry
+
+    engine = Synthesizer(voice_files.model_root, registry=VoiceRegistry(voice_files.model_root))
+    return engine, engine.registry.get("pro")
+
+
+def test_pipeline_matches_upstream(oracle_result, engine, monkeypatch):
+    from dora_primespeech_mlx.engine import SynthesisOptions
+    from dora_primespeech_mlx.models.sovits import Model
+
+    decoded = []
+    real_decode = Model.decode
+
+    def spy(self, codes, phones, *args, **kwargs):
+        decoded.append((np.asarray(codes).tolist(), list(phones), kwargs.get("sv_emb")))
+        return real_decode(self, codes, phones, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "decode", spy)
+    synth, voice = engine
+    options = SynthesisOptions(text_lang="zh", speed=1.1, top_k=1, noise_scale=0.0, edge_fade=0.0)
+    audio = synth.synthesize(TEXT, voice, options).audio
+    expected, details = oracle_result["audio"], oracle_result["details"]
+
+    assert synth._voices[(str(voice.gpt_path), str(voice.sovits_path))].sovits.version == "v2ProPlus"
+    assert len(decoded) == len(details) >= 2  # several segments, T2S batched
+    for (codes, phones, sv_emb), want in zip(decoded, details, strict=True):
+        assert phones == want["phones"], want["norm_text"]
+        assert codes == want["codes"], want["norm_text"]
+        assert len(set(codes)) > 10  # the random voice's greedy decoding is not degenerate
+        assert sv_emb is not None and sv_emb.shape == (20480,)
+    assert audio.shape == expected.shape
+    assert np.std(expected) > 0.05  # informative, not ~0
+    np.testing.assert_allclose(audio, np.minimum(expected, 32767 / 32768), rtol=0, atol=ATOL)
+
+
+def test_streaming_speed_and_a_trained_voice(engine, monkeypatch):
+    """RETURN_FRAGMENT's path (chunked streaming of the first segment, then batches) passes the
+    embedding to every chunk; a speed change and a voice given by its files (VOICE:TRAINED) work."""
+    from dora_primespeech_mlx.engine import SynthesisOptions
+    from dora_primespeech_mlx.models.sovits import Model
+
+    chunks = []
+    real = Model.decode_streaming
+
+    def spy(self, *args, **kwargs):
+        chunks.append(kwargs.get("sv_emb"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Model, "decode_streaming", spy)
+    synth, voice = engine
+    pieces = list(synth.stream(TEXT, voice, SynthesisOptions(text_lang="zh", speed=1.3, stream_chunk=12)))
+    assert len(chunks) >= 2 and all(c is not None and c.shape == (20480,) for c in chunks)
+    assert len(pieces) > len(chunks) - 1 and pieces[-1].is_last
+    audio = np.concatenate([p.audio for p in pieces])
+    assert np.isfinite(audio).all() and 0.01 < float(np.std(audio)) and np.abs(audio).max() <= 1.0
+
+    trained = synth.registry.custom(voice.ref_audio, voice.prompt_text, "zh", gpt_path=voice.gpt_path,
+                                    sovits_path=voice.sovits_path)
+    result = synth.synthesize("再见。", trained, SynthesisOptions(text_lang="zh"))
+    assert result.audio.size > 0 and np.isfinite(result.audio).all()
+
+
+def test_missing_speaker_model_names_the_download(voice_files, tmp_path):
+    """A v2Pro voice without the speaker model: one message naming the file and `download --sv`."""
+    from dora_primespeech_mlx.engine import Synthesizer
+    from dora_primespeech_mlx.errors import PrimeSpeechError
+    from dora_primespeech_mlx.voices import VoiceRegistry
+
+    moyoyo = tmp_path / "moyoyo"
+    moyoyo.mkdir()
+    for folder in ("chinese-hubert-base", "chinese-roberta-wwm-ext-large"):
+        (moyoyo / folder).symlink_to(voice_files.model_root / "moyoyo" / folder, target_is_directory=True)
+    registry = VoiceRegistry(tmp_path)
+    synth = Synthesizer(tmp_path, registry=registry)
+    voice = registry.custom(voice_files.ref_audio, "你好。", "zh", gpt_path=voice_files.gpt,
+                            sovits_path=voice_files.sovits)
+    with pytest.raises(PrimeSpeechError, match=r"GPT-SoVITS v2ProPlus: it needs the speaker-verification model "
+                                               r".*sv/pretrained_eres2netv2w24s4ep4.ckpt.*download --sv"):
+        synth.synthesize("你好。", voice)
