@@ -30,13 +30,14 @@ CONVERTERS = {  # option -> (model kind in `loading`, help)
     "sovits": ("sovits", "a SoVITS checkpoint (SoVITS_weights/*.pth)"),
     "hubert": ("hubert", "the chinese-hubert-base folder"),
     "roberta": ("roberta", "the chinese-roberta-wwm-ext-large folder"),
+    "sv": ("speaker", "the speaker-verification model of v2Pro/v2ProPlus voices (sv/pretrained_eres2netv2w24s4ep4.ckpt)"),
 }
 
 
 def _convert(args: argparse.Namespace) -> int:
     chosen = [(name, getattr(args, name)) for name in CONVERTERS if getattr(args, name)]
     if not chosen:
-        raise PrimeSpeechError("nothing to convert: give --gpt, --sovits, --hubert or --roberta")
+        raise PrimeSpeechError("nothing to convert: give --gpt, --sovits, --hubert, --roberta or --sv")
     if args.out and len(chosen) > 1:
         raise PrimeSpeechError("--out names one folder: convert one model at a time with --out")
     from .loading import convert

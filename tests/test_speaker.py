@@ -97,3 +97,12 @@ def test_another_file_is_refused_with_what_to_give(tmp_path):
     torch.save({"conv1.weight": torch.zeros(2, 1, 3, 3)}, path)
     with pytest.raises(PrimeSpeechError, match=r"not an ERes2NetV2 .*pretrained_eres2netv2w24s4ep4\.ckpt"):
         loading.load_model("speaker", path)
+
+
+def test_cli_converts_the_speaker_model(official_ckpt, tmp_path, capsys):
+    from dora_primespeech_mlx.cli import main
+
+    assert main(["convert", "--sv", str(official_ckpt), "--out", str(tmp_path / "out")]) == 0
+    assert "sv:" in capsys.readouterr().out
+    assert loading.conversion_kind(tmp_path / "out") == "speaker"
+    assert isinstance(speaker.load_model(tmp_path / "out"), speaker.Model)  # a converted folder loads as it is
