@@ -414,22 +414,30 @@ class Synthesizer:
 
     def _speaker_embedding(self, ref: Path, voice: Voice, models: _VoiceModels) -> np.ndarray:
         """The reference clip's speaker embedding as upstream prepares it: the 32 kHz reference (peak
-        limited, as for the spectrogram) resampled to 16 kHz, then the speaker model's `embed`."""
+        limited, as for the spectrogram) resampled to 16 kHz, then the speaker model's `embed`. Also kept
+        on disk beside the converted speaker model, so that a restarted node need not load it."""
         from .audio import SOVITS_SAMPLE_RATE, limit_peak, load_audio, resample
+        from .features import PromptCache
         from .models.speaker import SAMPLE_RATE as SPEAKER_RATE
 
-        if self._speaker is None:
-            path = self.registry.speaker_path
-            if not path.is_file():
-                raise PrimeSpeechError(
-                    f"voice {voice.name!r} is GPT-SoVITS {models.sovits.version}: it needs the speaker-verification "
-                    f"model {path}, which is not there: `primespeech-mlx download --sv` fetches it")
-            self._speaker = loading.load_model("speaker", path)
-        started = time.perf_counter()
-        wav = resample(limit_peak(load_audio(ref, SOVITS_SAMPLE_RATE)), SOVITS_SAMPLE_RATE, SPEAKER_RATE)
-        embedding = self._speaker.embed(wav)
-        logger.info("reference %s: speaker embedding in %.2fs", ref.name, time.perf_counter() - started)
-        return embedding
+        path = self.registry.speaker_path
+        if not path.is_file():
+            raise PrimeSpeechError(
+                f"voice {voice.name!r} is GPT-SoVITS {models.sovits.version}: it needs the speaker-verification "
+                f"model {path}, which is not there: `primespeech-mlx download --sv` fetches it")
+
+        def compute() -> dict[str, np.ndarray]:
+            if self._speaker is None:
+                self._speaker = loading.load_model("speaker", path)
+            started = time.perf_counter()
+            wav = resample(limit_peak(load_audio(ref, SOVITS_SAMPLE_RATE)), SOVITS_SAMPLE_RATE, SPEAKER_RATE)
+            embedding = self._speaker.embed(wav)
+            logger.info("reference %s: speaker embedding in %.2fs", ref.name, time.perf_counter() - started)
+            return {"sv_emb": embedding}
+
+        cache = PromptCache(persist_dir=converted_dir_for(path))
+        tag = "sv|" + source_fingerprint(path)["hash"]  # the embedding depends on the clip and the model
+        return cache.get_or_compute(ref, "", "", compute, tag=tag)["sv_emb"]
 
     @staticmethod
     def _spectrogram(ref: Path) -> np.ndarray:

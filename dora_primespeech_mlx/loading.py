@@ -12,6 +12,7 @@ fast paths.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import importlib
@@ -405,11 +406,31 @@ def ensure_converted(source: str | os.PathLike, kind: str,
     out = Path(out_dir) if out_dir else converted_dir_for(source)
     if is_fresh(out, source, kind):
         return out
-    logger.info("converting %s to MLX (first use only; kept in %s) ...", source, out)
-    started = time.perf_counter()
-    convert(source, out)
-    logger.info("converted %s in %.1fs", source.name, time.perf_counter() - started)
+    with _conversion_lock(out):
+        if is_fresh(out, source, kind):  # another process converted it while this one waited
+            return out
+        logger.info("converting %s to MLX (first use only; kept in %s) ...", source, out)
+        started = time.perf_counter()
+        convert(source, out)
+        logger.info("converted %s in %.1fs", source.name, time.perf_counter() - started)
     return out
+
+
+@contextlib.contextmanager
+def _conversion_lock(out: Path):
+    """One conversion of a cache folder at a time, across processes: the nodes of one dataflow share a
+    model root, and a second conversion replacing the folder would pull it from under a process
+    loading the first. The others wait here, then find the conversion fresh. (A hidden lock file
+    beside the folder; hidden files are not part of a folder source's fingerprint.)"""
+    import fcntl
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out.parent / f".{out.name}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ------------------------------------------------------------------------------------------- the flow

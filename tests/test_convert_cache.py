@@ -52,3 +52,34 @@ def test_folder_source_ignores_its_own_conversion(tmp_path):
     (folder / "pytorch_model.bin").write_bytes(b"y" * 10)
     assert not is_fresh(out, folder, "demo")
     assert not is_fresh(out, folder, "other-kind")
+
+
+def test_concurrent_first_uses_convert_once(tmp_path):
+    """Several processes (here threads, each with its own lock handle) starting on one model root: one
+    converts, the others wait and take its conversion, so no folder is replaced under a reader."""
+    import threading
+    import time
+
+    source = tmp_path / "voice.ckpt"
+    source.write_bytes(b"a" * 100)
+    calls = []
+
+    def slow(source, out):
+        time.sleep(0.3)
+        _converter(calls)(source, out)
+
+    results, errors = [], []
+
+    def first_use():
+        try:
+            results.append(ensure_converted(source, "demo", slow))
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=first_use) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors and len(calls) == 1
+    assert results == [tmp_path / "voice.mlx"] * 3

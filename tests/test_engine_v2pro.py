@@ -118,3 +118,17 @@ def test_missing_speaker_model_names_the_download(voice_files, tmp_path):
     with pytest.raises(PrimeSpeechError, match=r"GPT-SoVITS v2ProPlus: it needs the speaker-verification model "
                                                r".*sv/pretrained_eres2netv2w24s4ep4.ckpt.*download --sv"):
         synth.synthesize("你好。", voice)
+
+
+def test_embedding_kept_for_a_restarted_engine(voice_files, engine):
+    """The embedding is stored beside the converted speaker model: a new engine (a restarted node)
+    reuses it without loading the speaker model."""
+    from dora_primespeech_mlx.engine import Synthesizer
+    from dora_primespeech_mlx.voices import VoiceRegistry
+
+    synth, voice = engine
+    first = synth._prompt(voice, voice.prompt_text, voice.prompt_lang, synth._models(voice)).sv_emb
+    fresh = Synthesizer(voice_files.model_root, registry=VoiceRegistry(voice_files.model_root))
+    again = fresh._prompt(voice, voice.prompt_text, voice.prompt_lang, fresh._models(voice)).sv_emb
+    assert fresh._speaker is None
+    np.testing.assert_array_equal(again, first)
