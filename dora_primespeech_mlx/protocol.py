@@ -12,7 +12,8 @@ Text input (`text`, a pyarrow StringArray whose element 0 is the message):
   payload again), at most MAX_PAYLOAD_NESTING levels deep; an outer field wins over an inner one;
 - `VOICE:<name>|<text>`: that built-in or user voice for this text only;
 - `VOICE:CUSTOM|<absolute ref wav>|<prompt text>|<lang>|<text>`: clone from a reference clip with
-  the default voice's weights (lang zh, en, ja or auto; anything else becomes auto);
+  the default voice's weights (lang: any TEXT_LANG value, e.g. zh, en, ja, ko, yue, auto; anything else
+  becomes auto);
 - `VOICE:TRAINED|<gpt ckpt>|<sovits pth>|<ref wav>|<prompt text>|<lang>|<text>`: own weights.
 The text to speak (after the prefix) may be SSML: text starting with `<speak` (after blanks) is parsed as
 the subset in `parse_ssml`; anything else is plain text, untouched.
@@ -416,7 +417,7 @@ def parse_text(value: Any, max_chars: int) -> TextRequest:
 
 
 def custom_lang(lang: str) -> str | None:
-    """The reference language of a CUSTOM/TRAINED message (zh, en, ja, auto), None when unsupported
+    """The reference language of a CUSTOM/TRAINED message (a TEXT_LANG value), None when unsupported
     (the original then used auto)."""
     lang = lang.strip().lower()
     return lang if lang in CUSTOM_LANGS else None

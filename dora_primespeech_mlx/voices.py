@@ -43,7 +43,8 @@ from .errors import PrimeSpeechError
 
 logger = logging.getLogger(__name__)
 
-CUSTOM_LANGS = ("zh", "en", "ja", "auto")
+# a CUSTOM/TRAINED message's reference language: upstream's prompt_lang values (the original node: zh/en/ja/auto)
+CUSTOM_LANGS = ("auto", "auto_yue", "zh", "all_zh", "en", "ja", "all_ja", "ko", "all_ko", "yue", "all_yue")
 ENCODER_KINDS = ("hubert", "roberta")
 _REQUIRED_KEYS = ("gpt_weights", "sovits_weights", "reference_audio", "prompt_text")
 _FILE_KEYS = ("gpt_weights", "sovits_weights", "reference_audio")
@@ -287,7 +288,8 @@ class VoiceRegistry:
                gpt_path: str | os.PathLike | None = None, sovits_path: str | os.PathLike | None = None) -> Voice:
         """A zero-shot voice (`VOICE:CUSTOM`: Doubao's weights) or a trained one (`VOICE:TRAINED`: own weights).
 
-        As in the original, a language outside zh/en/ja/auto becomes auto, and the speed is 1.1.
+        As in the original, a language outside upstream's values (`CUSTOM_LANGS`) becomes auto, and the
+        speed is 1.1.
         """
         ref = Path(ref_audio).expanduser()
         if not ref.is_file():

@@ -194,3 +194,15 @@ def test_node_config_is_the_only_reader_of_the_environment():
             if name in ("environ", "getenv", "putenv", "unsetenv", "expandvars"):
                 found.append(f"{relative}:{node.lineno}: {name}")
     assert found == []
+
+
+@pytest.mark.parametrize("lang", ["auto", "auto_yue", "zh", "en", "ja", "ko", "yue", "all_zh", "all_ja", "all_ko",
+                                  "all_yue"])
+def test_every_upstream_language_value_is_accepted(lang):
+    from dora_primespeech_mlx.text import SUPPORTED_MODES
+    from dora_primespeech_mlx.voices import CUSTOM_LANGS
+
+    config, problems = NodeConfig.from_env({"TEXT_LANG": lang.upper(), "PROMPT_LANG": lang})
+    assert problems == [] and config.text_lang == lang
+    assert config.prompt_lang == (None if lang == "auto" else lang)  # auto: the voice's own language
+    assert lang in SUPPORTED_MODES and lang in CUSTOM_LANGS  # the frontend and VOICE:CUSTOM take it too

@@ -91,8 +91,8 @@ def test_text_without_phonemes_is_an_error_not_silence(engine, short_t2s, text):
 
 def test_unsupported_language_and_bad_options(engine):
     voice = engine.registry.get("test")
-    with pytest.raises(PrimeSpeechError, match="not supported"):
-        engine.synthesize("こんにちは", voice, SynthesisOptions(text_lang="ja"))
+    with pytest.raises(PrimeSpeechError, match="unknown language mode"):
+        engine.synthesize("bonjour", voice, SynthesisOptions(text_lang="fr"))
     with pytest.raises(PrimeSpeechError, match="speed must be positive"):
         engine.synthesize("你好。", voice, SynthesisOptions(speed=0))
     with pytest.raises(PrimeSpeechError, match="unknown voice"):

@@ -914,3 +914,54 @@ def test_status_and_stats_report_memory():
     assert any("resident memory" in line and "MB, MLX peak memory" in line for line in logs(node, "INFO"))
     node, _ = run([text("One.")], engine=None, startup_error="no models")
     assert statuses(node)[0]["mlx_peak_mb"] is None and statuses(node)[0]["rss_mb"] > 10
+
+
+# -- Japanese, Korean and Cantonese through the real engine on the random-weight test voice (issue 16) -------
+@pytest.fixture(scope="module")
+def cjk_engine():
+    from dora_primespeech_mlx.engine import Synthesizer
+    from dora_primespeech_mlx.voices import VoiceRegistry
+    from primespeech_devtools.oracle.voice import shared_test_voice
+
+    files = shared_test_voice()
+    engine = Synthesizer(files.model_root, registry=VoiceRegistry(files.model_root))
+    engine.registry.default_voice = "test"  # VOICE:CUSTOM clones with the default voice's weights
+    return engine, files
+
+
+@pytest.fixture
+def cleaned(monkeypatch):
+    """The (language, text) of every clean_text call of the pipeline."""
+    from dora_primespeech_mlx.text import preprocess
+
+    calls, real = [], preprocess.clean_text
+    monkeypatch.setattr(preprocess, "clean_text", lambda t, lang, *a, **k: calls.append((lang, t)) or real(t, lang, *a, **k))
+    return calls
+
+
+def _spoken(node) -> int:
+    assert answers(node) == [("audio", None), ("segment_complete", "completed")]
+    assert not logs(node, "ERROR")
+    (data, meta), = node.of("audio")
+    assert data.type == AUDIO_TYPE and meta["sample_rate"] == SAMPLE_RATE
+    return len(data[0].values)
+
+
+@pytest.mark.parametrize("lang, value", [("ja", "今日はいい天気ですね。"), ("ko", "오늘 날씨가 정말 좋네요."),
+                                         ("yue", "今日天氣好好呀。")])
+def test_text_lang_japanese_korean_cantonese(cjk_engine, cleaned, lang, value):
+    engine, files = cjk_engine
+    env = {"VOICE_NAME": "test", "TEXT_LANG": lang, "PRIMESPEECH_MODEL_DIR": str(files.model_root)}
+    node, _ = run([text(value, question_id="q")], env=env, engine=engine)
+    assert _spoken(node) > SAMPLE_RATE // 10
+    assert (lang, value) in cleaned  # the text went through that language's frontend
+
+
+def test_custom_voice_with_a_japanese_reference(cjk_engine, cleaned):
+    engine, files = cjk_engine
+    env = {"VOICE_NAME": "test", "PRIMESPEECH_MODEL_DIR": str(files.model_root)}
+    node, _ = run([text(f"VOICE:CUSTOM|{files.ref_audio}|これはテストの声です。|ja|こんにちは、世界。")],
+                  env=env, engine=engine)
+    assert _spoken(node) > SAMPLE_RATE // 10
+    assert ("ja", "これはテストの声です。") in cleaned  # the reference transcript, read as Japanese
+    assert any(lang == "ja" and "こんにちは" in chunk for lang, chunk in cleaned)  # the text: TEXT_LANG=auto

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from dora_primespeech_mlx.errors import PrimeSpeechError
 from dora_primespeech_mlx.pipeline import TextPipeline
 from dora_primespeech_mlx.text import drop_unspeakable, prepare_segments, split_by_language
 
@@ -21,9 +20,6 @@ UNSPEAKABLE = {
     "thai": ("สวัสดีครับ", ("สวัสดีครับ",)),
     "devanagari": ("नमस्ते दुनिया १२३", ("नमस्ते दुनिया १२३",)),
     "greek": ("Γειά σου Κόσμε", ("Γειά σου Κόσμε",)),
-    "hangul jamo": ("ㅋㅋㅋ", ("ㅋㅋㅋ",)),
-    "hangul": ("안녕하세요", ("안녕하세요",)),
-    "kana": ("こんにちは", ("こんにちは",)),
     "lone omega": ("Ω", ("Ω",)),
     "full-width latin": ("ＡＢＣ", ("ＡＢＣ",)),
 }
@@ -105,16 +101,27 @@ def test_greek_letters_as_symbols_beside_chinese():
     assert norm.startswith("角度阿尔法等于")
 
 
+# kana and Hangul: read in auto and in their own modes, dropped where no Japanese or Korean reader runs
+KANA_HANGUL = {"hangul jamo": "ㅋㅋㅋ", "hangul": "안녕하세요", "kana": "こんにちは"}
+
+
+@pytest.mark.parametrize("name", list(KANA_HANGUL))
+@pytest.mark.parametrize("mode", ("auto", "auto_yue", "zh", "all_zh", "en", "ja", "all_ja", "ko", "yue", "all_yue"))
+def test_kana_and_hangul_where_a_frontend_reads_them(name, mode):
+    text = KANA_HANGUL[name]
+    read = mode in ("auto", "auto_yue") or mode.endswith("ja" if name == "kana" else "ko")
+    assert drop_unspeakable(text, mode) == ((text, ()) if read else ("", (text,)))
+
+
 def test_japanese_and_korean():
     pipeline = TextPipeline()
-    # in auto mode kana and Hangul are scripts no frontend reads: dropped; the Chinese characters are read
-    prepared = pipeline.prepare("你好こんにちは", "auto")
+    # zh mode has no Japanese or Korean reader: kana and Hangul are dropped, the Chinese characters read
+    prepared = pipeline.prepare("你好こんにちは", "zh")
     assert prepared.dropped == ("こんにちは",) and prepared.segments[0].norm_text == ".你好."
-    assert pipeline.prepare("안녕하세요 hello there", "auto").dropped == ("안녕하세요",)
-    # the explicit modes still say that the language is not supported
-    for mode in ("ja", "ko", "yue"):
-        with pytest.raises(PrimeSpeechError, match="not supported yet"):
-            pipeline.prepare("こんにちは", mode)
+    assert pipeline.prepare("안녕하세요 hello there", "en").dropped == ("안녕하세요",)
+    # ja, ko, auto read them
+    assert [p.lang for p in pipeline.prepare("こんにちは。", "ja").segments[0].pieces] == ["ja"]
+    assert [p.lang for p in pipeline.prepare("안녕하세요 hello there", "auto").segments[0].pieces] == ["ko", "en"]
 
 
 def test_marks_only_segments_are_not_spoken(pipeline):

@@ -2,8 +2,9 @@
 
 Public surface:
 - `clean_text(text, language, version="v2", g2pw=None) -> (phones, word2ph, norm_text)`:
-  one language run ("zh" or "en") to phones; word2ph (phones per character of norm_text) for
-  Chinese, None for English.
+  one language run ("zh", "en", "ja", "ko" or "yue") to phones; word2ph (phones per character of
+  norm_text) for Chinese and Cantonese, None for the others. Japanese, Korean and Cantonese need
+  the `cjk` extra.
 - `cut(text, method) -> list[str]`: upstream's cut0..cut5.
 - `prepare_segments(text, lang, method)`: the segments upstream synthesises one by one.
 - `split_by_language(text, mode)`: (language, text) runs of a segment for a language mode.

@@ -1,15 +1,15 @@
-"""Language modes and splitting mixed Chinese/English text, as upstream's TextPreprocessor does.
+"""Language modes and splitting mixed text into language runs, as upstream's TextPreprocessor does.
 
 Upstream splits with `LangSegmenter` (split-lang + a fastText language-id model that it downloads,
 126 MB). Here the same section and merge rules run on Unicode script classes instead of a model:
 Han runs are Chinese, runs with Latin letters (or only symbols) are English, digits and punctuation
 attach to their neighbours by upstream's rules, other scripts are "unknown" and take a neighbour's
-language.
-Japanese kana, Hangul and the Japanese/Korean/Cantonese modes are not supported yet and raise.
+language. A Han/kana run with kana in it is Japanese, a Hangul run Korean; a Han run without kana is
+Chinese, where the model decides per run (it calls some kanji-only words, 東京, Japanese).
 
 `drop_unspeakable` finds what no frontend can read in a mode (letters and digits of other scripts:
-Cyrillic, Arabic, Thai, Hangul, kana...), so that the pipeline reports it instead of synthesising the
-lone punctuation mark the frontends would leave of it.
+Cyrillic, Arabic, Thai; kana and Hangul where the mode has no Japanese or Korean reader), so that the
+pipeline reports it instead of synthesising the lone punctuation mark the frontends would leave of it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,9 @@ import unicodedata
 from ..errors import PrimeSpeechError
 from .zh_normalization import SPELLED_SYMBOLS
 
-SUPPORTED_MODES = ("auto", "zh", "all_zh", "en", "auto_yue")  # auto_yue: only while no Chinese appears
-UNSUPPORTED_MODES = ("ja", "ko", "yue", "all_ja", "all_ko", "all_yue")
+# upstream's text_lang values: auto detects zh/ja/ko/en runs (auto_yue reads Chinese runs as Cantonese);
+# zh/ja/ko/yue read every non-English run in that language; all_* all but full-English runs
+SUPPORTED_MODES = ("auto", "auto_yue", "zh", "all_zh", "en", "ja", "all_ja", "ko", "all_ko", "yue", "all_yue")
 
 # split-lang's punctuation set: each such character starts a section of its own.
 _PUNCTUATION = frozenset(
@@ -30,6 +31,10 @@ _PUNCTUATION = frozenset(
 _HAN_OR_KANA_RE = re.compile(r"[\u4e00-\u9fff\u3040-\u30ff々]")
 _KANA_RE = re.compile(r"[\u3040-\u30ff]")
 _HANGUL_RE = re.compile(r"[\uac00-\ud7af]")
+# what the Japanese and Korean readers take (for drop_unspeakable): kana and half-width katakana; Hangul
+# syllables and jamo
+_KANA_LETTER_RE = re.compile(r"[\u3040-\u30ff\uff66-\uff9d]")
+_HANGUL_LETTER_RE = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
 # upstream's "this is English" test: a Latin letter, and only ASCII / general / CJK / full-width marks
 _FULL_EN_RE = re.compile(
     r"^(?=.*[A-Za-z])[A-Za-z0-9\s\u0020-\u007E\u2000-\u206F\u3000-\u303F\uFF00-\uFFEF]+$"
@@ -42,17 +47,8 @@ _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DB5), (0x20000, 0x2A6DD), (0x2A700,
 _STOPS = (",", ".", "!", "?", "，", "。", "！", "？")
 
 
-def not_supported(what: str) -> PrimeSpeechError:
-    return PrimeSpeechError(
-        f"{what} is not supported yet by dora-primespeech-mlx (Chinese and English only); "
-        "use text_lang 'zh', 'en', 'all_zh' or 'auto' with Chinese/English text"
-    )
-
-
 def check_mode(mode: str) -> str:
     """Validate a language mode (upstream's text_lang values)."""
-    if mode in UNSUPPORTED_MODES:
-        raise not_supported(f"language mode {mode!r}")
     if mode not in SUPPORTED_MODES:
         raise PrimeSpeechError(
             f"unknown language mode {mode!r}; use one of {', '.join(SUPPORTED_MODES)}"
@@ -221,22 +217,36 @@ def _char_class(ch: str, mode: str) -> int:
     category = unicodedata.category(ch)
     if category[0] not in "LN":
         return _NEUTRAL
-    english = mode == "en"
+    reader = _reader(mode)
+    chinese = reader in ("zh", "auto")  # the Chinese (and Cantonese) normaliser reads the text
     if "0" <= ch <= "9":
         return _SPEAK
     if _HAN_FIRST <= ch <= _HAN_LAST:
-        return _DROP if english else _SPEAK
+        return _DROP if reader in ("en", "ko") else _SPEAK
+    if category == "Lo" and _KANA_LETTER_RE.match(ch):
+        return _SPEAK if reader in ("ja", "auto") else _DROP
+    if category == "Lo" and _HANGUL_LETTER_RE.match(ch):
+        return _SPEAK if reader in ("ko", "auto") else _DROP
     if category == "Nd":  # the Chinese normaliser reads full-width digits; other scripts' digits are theirs
-        return _SPEAK if not english and "０" <= ch <= "９" else _DROP
+        return _SPEAK if reader in ("zh", "auto", "ja") and "０" <= ch <= "９" else _DROP
     if category[0] == "N" or category == "Lm":  # ①, ², Ⅻ, 々, ー: read as symbols or dropped
-        return _SPEAK if not english and ch in SPELLED_SYMBOLS else _NEUTRAL
+        return _SPEAK if chinese and ch in SPELLED_SYMBOLS else _NEUTRAL
     if _is_latin_letter(ch):
         # English reads a letter whose base (accents stripped) is ASCII: "café" -> "cafe", "ß" is dropped.
-        base = ch if mode == "all_zh" else unicodedata.normalize("NFD", ch)[0]
+        base = ch if mode in _ALL_CHINESE else unicodedata.normalize("NFD", ch)[0]
         return _SPEAK if base.isascii() else _DROP
-    if ch in SPELLED_SYMBOLS and not english:
+    if ch in SPELLED_SYMBOLS and chinese:
         return _LONE
     return _DROP
+
+
+_ALL_CHINESE = ("all_zh", "all_yue")  # modes that send every non-English run to the Chinese normaliser
+
+
+def _reader(mode: str) -> str:
+    """Which frontend reads a mode's non-English runs: en, zh (Mandarin or Cantonese), ja, ko, or auto."""
+    mode = mode.replace("all_", "")
+    return {"auto_yue": "auto", "yue": "zh"}.get(mode, mode)
 
 
 def _char_classes(text: str, mode: str) -> list[int]:
@@ -252,10 +262,10 @@ def _char_classes(text: str, mode: str) -> list[int]:
             beside = (text[j] for j in (i - 1, i + 1) if 0 <= j < len(text))
             if any(c.isalpha() and not _HAN_FIRST <= c <= _HAN_LAST for c in beside):
                 kind = _DROP
-            elif mode == "all_zh":
+            elif mode in _ALL_CHINESE:
                 kind = _SPEAK
         classes.append(kind)
-    if mode == "all_zh":  # all_zh sends a word with an accented letter to the Chinese frontend: all of it is lost
+    if mode in _ALL_CHINESE:  # these send a word with an accented letter to the Chinese frontend: all of it is lost
         start = 0
         for i in range(len(text) + 1):
             if i < len(text) and _is_latin_letter(text[i]):
@@ -273,7 +283,7 @@ def drop_unspeakable(text: str, mode: str) -> tuple[str, tuple[str, ...]]:
     punctuation, spaces and marks between), e.g. "Привет, мир" in "你好 Привет, мир world". Returns
     ("", runs) when nothing speakable is left (no runs for text of marks or symbols alone); text that
     is speakable throughout comes back unchanged with no runs.
-    Kana and Hangul count as unspeakable here; the ja/ko modes themselves raise in `check_mode`.
+    Kana are speakable in the ja and auto modes, Hangul in the ko and auto modes.
     """
     check_mode(mode)
     classes = _char_classes(text, mode)
@@ -303,29 +313,29 @@ def drop_unspeakable(text: str, mode: str) -> tuple[str, tuple[str, ...]]:
 def split_by_language(text: str, mode: str) -> list[tuple[str, str]]:
     """(language, text) pieces of one segment, as upstream's get_phones_and_bert splits it.
 
-    `mode` is upstream's text_lang: "en" (one English piece), "all_zh" (everything but English
-    runs is Chinese), "zh" (English runs vs the rest, labelled Chinese), "auto" (per-run language),
-    "auto_yue" (as auto, with Chinese runs read as Cantonese: not supported yet, so it raises when
-    one appears).
-    Languages returned: "zh" or "en". The pipeline computes BERT features for "zh" pieces only.
+    `mode` is upstream's text_lang: "en" (one English piece); "all_zh", "all_ja", "all_ko",
+    "all_yue" (every run but a full-English one in that language); "zh", "ja", "ko", "yue" (English
+    runs vs the rest, labelled with the mode); "auto" (per-run language); "auto_yue" (as auto, with
+    Chinese runs read as Cantonese).
+    Languages returned: "zh", "en", "ja", "ko", "yue". BERT features are computed for "zh" pieces only.
     """
     check_mode(mode)
     text = re.sub(r" {2,}", " ", text)
     if mode == "en":
         return [("en", text)]
-    if mode == "all_zh":
-        return _finish(lang_segments(text, "zh"))
-    if mode == "zh":
+    if mode.startswith("all_"):
+        lang = mode[4:]
+        pieces = lang_segments(text, "zh" if lang == "yue" else lang)
+        return _finish([(lang if run == "zh" else run, chunk) for run, chunk in pieces])
+    if mode in ("zh", "ja", "ko", "yue"):
         out: list[list[str]] = []
         for lang, chunk in lang_segments(text):
-            lang = "en" if lang == "en" else "zh"
+            lang = "en" if lang == "en" else mode  # Han cannot tell zh from ja: the mode decides
             _merge_same(out, [lang, chunk])
         return [(lang, chunk) for lang, chunk in out]
     pieces = lang_segments(text)
-    names = {"ja": "Japanese", "ko": "Korean", "zh": "Cantonese"}
-    for lang, chunk in pieces:
-        if lang in ("ja", "ko") or (mode == "auto_yue" and lang == "zh"):  # auto_yue reads Han as Cantonese
-            raise not_supported(f"{names[lang]} text ({chunk!r})")
+    if mode == "auto_yue":
+        pieces = [("yue" if lang == "zh" else lang, chunk) for lang, chunk in pieces]
     return _finish(pieces)
 
 

@@ -1,10 +1,12 @@
 """Text frontend: sentences per second and cold start, ours vs upstream GPT-SoVITS.
 
-For a ~200-character Chinese and English paragraph: cut with cut5 (upstream's segment rules),
-then clean_text per segment, repeated. Upstream runs in a child process (its `text` package must
+For a ~200-character paragraph in each language (Chinese, English, Japanese, Korean, Cantonese): cut
+with cut5 (upstream's segment rules), then clean_text per segment, repeated. Upstream runs in a child process (its `text` package must
 not share a process with ours while timing): Chinese through its v2 module with g2pW off (the
 pypinyin path, as ours without a g2pW model), English through `clean_text(t, "en", "v2")` with
-our homograph tagger in place of nltk's (whose model is not installed offline). Cold start = the
+our homograph tagger in place of nltk's (whose model is not installed offline), Japanese, Korean and
+Cantonese through `clean_text(t, lang, "v2")` (g2pK2's cmudict emptied, as in oracle.text_cjk: upstream
+would download nltk's on its first English lookup). Cold start = the
 first paragraph in a fresh interpreter, from importing the text frontend to the last phone
 (the `dora_primespeech_mlx` package itself already imported, as the engine has it).
 """
@@ -25,6 +27,15 @@ PARAGRAPHS = {
     "en": ("On March 15, 2024, the weather was clear. At 8:30 my colleagues and I attended a meeting that lasted "
            "two hours. The manager said revenue reached $1.2 million, up 15% from last year. We will present "
            "it tomorrow."),
+    "ja": ("今日は2024年3月15日です。天気は晴れで、気温は15度から25度くらいでした。朝8時半に同僚と会社の会議に出ました。"
+           "会議は約2時間続きました。部長は第1四半期の売上が前年より15%増えたと話しました。昼は近くのレストランでラーメンを"
+           "食べて、午後は新製品のデザインについて話し合いました。帰り道、母に電話をして週末に帰ると伝えました。"),
+    "ko": ("오늘은 2024년 3월 15일입니다. 날씨가 맑고 기온은 15도에서 25도 사이였습니다. 아침 8시 반에 동료들과 회사 회의에 "
+           "참석했습니다. 회의는 약 두 시간 동안 계속되었습니다. 부장님은 1분기 매출이 작년보다 15% 늘었다고 말했습니다. "
+           "점심에는 근처 식당에서 비빔밥을 먹고, 오후에는 새 제품 디자인에 대해 이야기했습니다."),
+    "yue": ("今日係2024年3月15號，天氣好好，氣溫喺15度到25度之間。朝早八點半我同同事去公司開會，個會開咗大概兩個鐘。"
+            "經理話第一季嘅營業額升咗百分之十五，大家都好開心。晏晝我哋喺附近間茶餐廳食飯，下晝再傾新產品嘅設計，"
+            "一直忙到夜晚七點先收工。返屋企嘅時候，我打咗個電話俾阿媽，話佢知週末會返去探佢。"),
 }
 
 _OURS = r"""
@@ -57,6 +68,15 @@ if lang == "zh":
     def clean(s):
         norm = module.text_normalize(s)
         return module.g2p(norm), norm
+elif lang in ("ja", "ko", "yue"):
+    from primespeech_devtools.oracle import import_upstream
+    import_upstream()
+    from text.cleaner import clean_text
+    if lang == "ko":
+        from text import korean
+        korean._g2p.cmu = {}
+    def clean(s):
+        return clean_text(s, lang, "v2")
 else:
     from primespeech_devtools.oracle.text_en import upstream_english
     from dora_primespeech_mlx.text.en_tagger import get_tagger
@@ -79,7 +99,7 @@ print(json.dumps({"segments": len(segments), "cold_s": cold, "cold_cpu_s": cold_
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reps", type=int, default=20, help="warm repetitions of each paragraph")
-    parser.add_argument("--langs", default="zh,en", help="comma-separated: zh, en")
+    parser.add_argument("--langs", default="zh,en,ja,ko,yue", help="comma-separated: zh, en, ja, ko, yue")
 
 
 def _child(code: str, lang: str, reps: int) -> dict:
