@@ -159,16 +159,27 @@ class Synthesizer:
             self._prompt(voice, voice.prompt_text, voice.prompt_lang, models)
 
     def warmup(self, voice: Voice) -> None:
-        """Load the voice and run every stage once on a short text, so the first request is not slower."""
+        """Load the voice and run every stage once on a short text in the voice's language (its text
+        frontend loads its dictionaries then: OpenJTalk's take about a second), so that the first
+        request is not slower."""
         with self._lock:
             self.load_voice(voice)
-            lang = "en" if voice.text_lang == "en" else "zh"
-            options = SynthesisOptions(text_lang=lang, fragment_interval=0.0)
-            text = "Hello." if lang == "en" else "你好。"
+            lang = warmup_language(voice.text_lang)
             started = time.perf_counter()
-            for _ in self._run(text, voice, options, None, max_tokens=8):
-                pass
+            try:
+                self._warm(voice, lang)
+            except PrimeSpeechError as exc:
+                if lang in ("zh", "en"):
+                    raise
+                # e.g. the `cjk` extra missing: the voice still speaks Chinese and English
+                logger.warning("no %s warm-up for voice %r (%s): warming up with Chinese", lang, voice.name, exc)
+                self._warm(voice, "zh")
             logger.info("voice %r warmed up in %.2fs", voice.name, time.perf_counter() - started)
+
+    def _warm(self, voice: Voice, lang: str) -> None:
+        options = SynthesisOptions(text_lang=lang, fragment_interval=0.0)
+        for _ in self._run(WARMUP_TEXTS[lang], voice, options, None, max_tokens=8):
+            pass
 
     def synthesize(self, text: str, voice: Voice, options: SynthesisOptions | None = None,
                    should_cancel: Callable[[], bool] | None = None) -> Result:
@@ -451,6 +462,16 @@ class Synthesizer:
 
             self._pipeline = TextPipeline(g2pw_dir=self.registry.g2pw_dir)
         return self._pipeline
+
+
+WARMUP_TEXTS = {"zh": "你好。", "en": "Hello.", "ja": "こんにちは。", "ko": "안녕하세요.", "yue": "你好。"}
+
+
+def warmup_language(text_lang: str) -> str:
+    """The language a voice warms up in: its text language (`all_X` is X), Chinese for `auto`,
+    Cantonese for `auto_yue`."""
+    lang = text_lang.removeprefix("all_")
+    return {"auto": "zh", "auto_yue": "yue"}.get(lang, lang if lang in WARMUP_TEXTS else "zh")
 
 
 def finish_fragment(audio: np.ndarray, silence: np.ndarray, fade: int = 0) -> np.ndarray:

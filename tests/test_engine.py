@@ -254,6 +254,32 @@ def test_warmup_runs_every_stage(engine):
     engine.warmup(engine.registry.get("test"))
 
 
+def test_warmup_speaks_the_voice_language(engine, monkeypatch, caplog):
+    """A Japanese voice warms its frontend up with Japanese; a frontend that cannot run (its extra
+    missing) falls back to Chinese instead of failing the voice."""
+    from dataclasses import replace
+
+    from dora_primespeech_mlx.engine import warmup_language
+
+    assert [warmup_language(m) for m in ("auto", "auto_yue", "all_ja", "ko", "en", "all_zh")] == \
+        ["zh", "yue", "ja", "ko", "en", "zh"]
+    warmed = []
+    monkeypatch.setattr(engine, "_warm", lambda voice, lang: warmed.append(lang))
+    voice = engine.registry.get("test")
+    engine.warmup(replace(voice, text_lang="all_ja"))
+    assert warmed == ["ja"]
+
+    def no_korean(voice, lang):
+        warmed.append(lang)
+        if lang == "ko":
+            raise PrimeSpeechError("Korean text needs the cjk extra")
+
+    monkeypatch.setattr(engine, "_warm", no_korean)
+    with caplog.at_level("WARNING", logger="dora_primespeech_mlx.engine"):
+        engine.warmup(replace(voice, text_lang="ko"))
+    assert warmed[1:] == ["ko", "zh"] and "cjk extra" in caplog.text
+
+
 
 # -- text no frontend speaks, text that cannot fit ----------------------------------------------------------
 @pytest.mark.parametrize("text", ["Привет, мир!", "مرحبا بالعالم", "ㅋㅋㅋ", "Ω", "สวัสดี"])
