@@ -345,14 +345,16 @@ def prepare(config: Any) -> None:
     call it): OpenBLAS's thread count through OpenBLAS's own API, and the CPU accelerator's switch.
 
     config: a NodeConfig; its `cpu_kernels` ("auto" or "off") switches the CPU kernels. Called before
-    MLX is loaded, it also sizes MLX's CUDA convolution plan cache (MLX_CUDA_CONV_CACHE_SIZE, the one
-    environment variable it may set; see CUDA_CONV_CACHE_SIZE). Threads: an
+    MLX is loaded, it also sizes MLX's CUDA convolution plan cache (MLX_CUDA_CONV_CACHE_SIZE; see
+    CUDA_CONV_CACHE_SIZE) and, for dtype float32, turns TF32 off (MLX_ENABLE_TF32=0): the two MLX
+    environment variables it may set. Threads: an
     OPENBLAS_NUM_THREADS given in the environment is OpenBLAS's own setting, honoured by OpenBLAS
     and left alone; otherwise OpenBLAS gets the usable cores that are idle now, from a 0.1 s
     /proc/stat sample (on idle cores two threads decode 1.5x faster than one; with a core taken by
     another process, two ran 1.7x slower than one), then `adapt_blas_threads` follows the load.
     """
     _size_cuda_conv_cache()
+    _float32_precision(getattr(config, "dtype", "auto"))
     _set_cpu_kernels(getattr(config, "cpu_kernels", "auto") != "off")
     api = _openblas_thread_api()
     if api is None:
@@ -378,6 +380,14 @@ def _size_cuda_conv_cache() -> None:
     before anything imports mlx in the node and the CLI. Too late once MLX is loaded: then untouched."""
     if "mlx.core" not in sys.modules:
         os.environ.setdefault("MLX_CUDA_CONV_CACHE_SIZE", CUDA_CONV_CACHE_SIZE)
+
+
+def _float32_precision(dtype: str) -> None:
+    """PRIMESPEECH_DTYPE=float32 means float32 on a GPU too: MLX computes float32 products and
+    convolutions in TF32 unless MLX_ENABLE_TF32=0 (read at its first product), and the SoVITS waveform
+    was then 2.0e-3 (max abs) from upstream's float32 instead of 4e-6 (H100). Left alone if set."""
+    if dtype == "float32":
+        os.environ.setdefault("MLX_ENABLE_TF32", "0")
 
 
 def _set_cpu_kernels(on: bool) -> None:

@@ -242,6 +242,18 @@ def test_prepare_sizes_the_cuda_convolution_plan_cache_before_mlx_loads():
     assert own["cuda_conv_cache"] == "64"  # the user's own setting stays
 
 
+def test_prepare_turns_tf32_off_for_float32_only(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(runtime.blas_thread_count() or 1))
+    monkeypatch.delenv("MLX_ENABLE_TF32", raising=False)
+    runtime.prepare(SimpleNamespace(cpu_kernels="auto", dtype="auto"))
+    assert "MLX_ENABLE_TF32" not in os.environ
+    runtime.prepare(SimpleNamespace(cpu_kernels="auto", dtype="float32"))
+    assert os.environ["MLX_ENABLE_TF32"] == "0"
+    monkeypatch.setenv("MLX_ENABLE_TF32", "1")  # the user's own setting stays
+    runtime.prepare(SimpleNamespace(cpu_kernels="auto", dtype="float32"))
+    assert os.environ["MLX_ENABLE_TF32"] == "1"
+
+
 def test_prepare_leaves_the_plan_cache_alone_once_mlx_is_loaded(monkeypatch):
     import mlx.core  # noqa: F401  (loaded: MLX has read its settings)
 

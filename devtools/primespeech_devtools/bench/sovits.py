@@ -1,13 +1,16 @@
 """SoVITS decode speed: ours (MLX) vs upstream PyTorch on the same random weights, in one run.
 
-Builds upstream's `SynthesizerTrn` (full s2.json, v2 by default) with seeded random weights, writes
+Builds upstream's `SynthesizerTrn` (the version's full shipped config: s2.json for v1/v2 (v2 by
+default), s2v2Pro.json, s2v2ProPlus.json) with seeded random weights, writes
 it as an official `.pth` and loads it through our converter. Upstream's `decode` is timed in a
 fresh subprocess that rebuilds the same seeded model without our OpenBLAS preload (as upstream
 runs for its users: an OpenBLAS loaded into the same process takes over PyTorch's BLAS calls and
 its idle threads compete with PyTorch's); ours is timed afterwards in this process. Both decode
 the same codes, phones and reference spectrogram with noise_scale 0.5; their noise-free outputs
-are compared. Figures are seconds of compute per second of audio (real-time factor, lower is
-faster): the median and the best of the repeats.
+are compared. v2Pro/v2ProPlus decode with a random speaker embedding of a real one's scale (the
+speaker model's own cost, once per reference clip, is not part of a decode). Figures are seconds of
+compute per second of audio (real-time factor, lower is faster): the median and the best of the
+repeats.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import time
 from pathlib import Path
 
 from dora_primespeech_mlx import loading
+from primespeech_devtools.bench import add_device_arguments, device_report, select_device
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,18 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phones", type=int, default=60, help="target phones per decode")
     parser.add_argument("--ref-frames", type=int, default=250, help="reference spectrogram frames (50 per s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed decodes of each side (after a warm-up)")
-    parser.add_argument("--version", choices=("v1", "v2"), default="v2")
+    parser.add_argument("--version", choices=("v1", "v2", "v2Pro", "v2ProPlus"), default="v2")
     parser.add_argument("--seed", type=int, default=0)
+    add_device_arguments(parser)  # gpu: upstream on torch-CUDA (TF32 off); dtype auto = float32, as the engine's
 
 
-def _time_ours(model, codes, phones, spec, repeats: int) -> list[float]:
+def _time_ours(model, codes, phones, spec, sv, repeats: int) -> list[float]:
     """Seconds of each timed decode (noise 0.5), after a warm-up and a pause."""
-    model.decode(codes, phones, spec, noise_scale=0.5, seed=1)  # warm-up
+    model.decode(codes, phones, spec, sv_emb=sv, noise_scale=0.5, seed=1)  # warm-up
     time.sleep(1.0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.decode(codes, phones, spec, noise_scale=0.5, seed=1)
+        model.decode(codes, phones, spec, sv_emb=sv, noise_scale=0.5, seed=1)
         times.append(time.perf_counter() - start)
     return times
 
@@ -62,13 +67,21 @@ def run(args: argparse.Namespace) -> dict:
     codes = rng.integers(0, 1024, size=args.codes)
     phones = rng.integers(0, n_symbols, size=args.phones)
     spec = np.abs(rng.standard_normal((1025, args.ref_frames))).astype(np.float32)
+    speaker = args.version in sovits.SPEAKER_VERSIONS
+    # a speaker embedding of a real one's scale (std ~10), for v2Pro/v2ProPlus
+    sv = (10 * rng.standard_normal(sovits.SPEAKER_EMBEDDING)).astype(np.float32) if speaker else None
+    device, dtype, torch_device = select_device(args)
+    dtype = "float32" if args.dtype == "auto" else dtype
     note = oracle_missing()
+    if note is not None and speaker:
+        raise SystemExit(f"bench sovits --version {args.version} builds the version's shipped config from the "
+                         f"upstream oracle: {note}")
     if note is not None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = random_model_folder("sovits", Path(tmp) / "sovits",
                                          {"version": args.version, "n_symbols": n_symbols}, seed=args.seed)
-            model = loading.load_model("sovits", folder)
-        ours_times = _time_ours(model, codes, phones, spec, args.repeats)
+            model = loading.load_model("sovits", folder, dtype=dtype)
+        ours_times = _time_ours(model, codes, phones, spec, sv, args.repeats)
         seconds = len(model.decode(codes, phones, spec, noise_scale=0.0)) / model.args.sampling_rate
         return {
             "note": note,
@@ -86,6 +99,8 @@ def run(args: argparse.Namespace) -> dict:
                 "cpus_usable": len(usable_cores()),
                 "mlx": mx.__version__,
                 "mlx_device": str(mx.default_device()),
+                "ours_dtype": dtype,
+                "device": device_report(device),
                 "blas": openblas_status(),
             },
         }
@@ -94,22 +109,24 @@ def run(args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        np.savez(tmp / "inputs.npz", codes=codes, phones=phones, spec=spec)
+        np.savez(tmp / "inputs.npz", codes=codes, phones=phones, spec=spec, **({"sv": sv} if speaker else {}))
         env = dict(os.environ, PRIMESPEECH_NO_OPENBLAS="1")
         proc = subprocess.run(
-            [sys.executable, "-m", "primespeech_devtools.oracle.sovits", args.version, str(args.seed),
-             str(tmp / "inputs.npz"), str(args.repeats), str(tmp / "upstream.npy")],
+            [sys.executable, "-m", "primespeech_devtools." + ("bench.upstream_cuda" if torch_device == "cuda"
+                                                            else "oracle.sovits"), args.version, str(args.seed),
+             str(tmp / "inputs.npz"), str(args.repeats), str(tmp / "upstream.npy")]
+            + ([dtype] if torch_device == "cuda" else []),
             env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"upstream timing failed:\n{proc.stderr[-3000:]}")
         upstream = json.loads(proc.stdout.strip().splitlines()[-1])
         reference = np.load(tmp / "upstream.npy")
         net = oracle.build_upstream(args.version, seed=args.seed)
-        model = loading.load_model("sovits", oracle.save_official(net, tmp / "bench.pth"))
+        model = loading.load_model("sovits", oracle.save_official(net, tmp / "bench.pth"), dtype=dtype)
         del net
 
-    ours_times = _time_ours(model, codes, phones, spec, args.repeats)
-    check = model.decode(codes, phones, spec, noise_scale=0.0)
+    ours_times = _time_ours(model, codes, phones, spec, sv, args.repeats)
+    check = model.decode(codes, phones, spec, sv_emb=sv, noise_scale=0.0)
     seconds = len(reference) / model.args.sampling_rate
     up_times = upstream["seconds"]
     rtf_ours = statistics.median(ours_times) / seconds
@@ -136,6 +153,8 @@ def run(args: argparse.Namespace) -> dict:
             "torch_threads": upstream["torch_threads"],
             "mlx": mx.__version__,
             "mlx_device": str(mx.default_device()),
+            "ours_dtype": dtype,
+            "device": device_report(device),
             "blas": openblas_status(),
         },
     }

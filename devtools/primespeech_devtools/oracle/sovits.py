@@ -357,13 +357,14 @@ def time_upstream_decode(version: str, seed: int, inputs: str | os.PathLike, rep
     net = build_upstream(version, seed=seed)
     data = np.load(inputs)
     codes, phones, spec = data["codes"], data["phones"], data["spec"]
-    upstream_decode(net, codes, phones, spec, noise_scale=0.5)  # warm-up
+    sv = data["sv"] if "sv" in data else None  # v2Pro/v2ProPlus: the speaker embedding
+    upstream_decode(net, codes, phones, spec, noise_scale=0.5, sv_emb=sv)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        upstream_decode(net, codes, phones, spec, noise_scale=0.5)
+        upstream_decode(net, codes, phones, spec, noise_scale=0.5, sv_emb=sv)
         times.append(time.perf_counter() - start)
-    np.save(out, upstream_decode(net, codes, phones, spec, noise_scale=0.0))
+    np.save(out, upstream_decode(net, codes, phones, spec, noise_scale=0.0, sv_emb=sv))
     return {"seconds": times, "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
