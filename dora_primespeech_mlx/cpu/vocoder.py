@@ -5,9 +5,11 @@ call signature. After conv_pre + cond (left in MLX), each stage runs on the libr
 convolutions (cpu/native/vocoder.c) over NumPy buffers: the transposed convolution as a
 convolution on blocks of `stride` rows, every ResBlock convolution with its leaky ReLUs, bias,
 residual and the stage's mean fused in, and conv_post with the final leaky ReLU; the rows of each
-convolution are split over the worker pool. A stage whose widths the kernels do not take (not
-multiples of 16) keeps its MLX modules. The twin holds the packed weights only: the MLX copies it
-replaces go with the original generator.
+convolution are split over the worker pool. The kernels compute 16 channels at a time: a stage
+whose width is not a multiple of 16 (v2ProPlus's last, 24; the test configs' 8 and 4) runs on zero
+channels added up to the next multiple (zero weights and biases into them, zero weights out of them,
+so they stay zero through the leaky ReLUs and residuals). The twin holds the packed weights only:
+the MLX copies it replaces go with the original generator.
 """
 
 from __future__ import annotations
@@ -31,8 +33,17 @@ logger = logging.getLogger(__name__)
 MAX_THREADS = 16  # the library's pool: the caller and up to 15 workers
 
 
-def _serves(width: int) -> bool:
-    return width % 16 == 0
+def _width(channels: int) -> int:
+    """Channels as the kernels run them: rounded up to a multiple of 16 (the extra ones hold zeros)."""
+    return -(-channels // 16) * 16
+
+
+def _padded(a, shape: tuple[int, ...]) -> np.ndarray:
+    """`a` in a zero float32 array of `shape` (its leading corner)."""
+    out = np.zeros(shape, dtype=np.float32)
+    a = np.asarray(a, dtype=np.float32)
+    out[tuple(slice(0, n) for n in a.shape)] = a
+    return out
 
 
 def _leaky_relu(x: mx.array) -> mx.array:
@@ -40,46 +51,32 @@ def _leaky_relu(x: mx.array) -> mx.array:
 
 
 class _Stage(nn.Module):
-    """One upsampling stage: leaky ReLU, transposed convolution, mean of the ResBlocks, each part
-    native where the kernels take its widths, else its MLX module."""
+    """One upsampling stage on the library's kernels: leaky ReLU, transposed convolution, mean of the
+    ResBlocks, over `width` channels (the stage's own, rounded up to a multiple of 16)."""
 
-    def __init__(self, up: ConvTranspose1d, blocks: list[ResBlock1]):
+    def __init__(self, up: ConvTranspose1d, blocks: list[ResBlock1], in_width: int):
         super().__init__()
-        cout, _, _ = up.weight.shape
-        if _serves(up.stride * cout):
-            self._up = PackedTransposed.pack(up.weight, up.get("bias"), stride=up.stride, padding=up.padding)
-        else:
-            self._up = None
-            self.up = up
-        if all(_serves(block.convs1[0].weight.shape[0]) for block in blocks):
-            self._blocks = [[(PackedConv.pack(c1.weight, c1.bias, dilation=c1.dilation, padding=c1.padding),
-                              PackedConv.pack(c2.weight, c2.bias, padding=c2.padding))
-                             for c1, c2 in zip(block.convs1, block.convs2, strict=True)] for block in blocks]
-        else:
-            self._blocks = None
-            self.resblocks = blocks
+        cout, kernel, cin = up.weight.shape
+        self.width = width = _width(cout)
+        bias = up.get("bias")
+        self._up = PackedTransposed.pack(_padded(up.weight, (width, kernel, in_width)),
+                                         None if bias is None else _padded(bias, (width,)),
+                                         stride=up.stride, padding=up.padding)
+        self._blocks = [[(self._conv(c1, width), self._conv(c2, width))
+                         for c1, c2 in zip(block.convs1, block.convs2, strict=True)] for block in blocks]
 
-    @property
-    def native(self) -> bool:
-        """Whether every part of the stage runs natively."""
-        return self._up is not None and self._blocks is not None
+    @staticmethod
+    def _conv(conv, width: int) -> PackedConv:
+        k = conv.weight.shape[1]
+        return PackedConv.pack(_padded(conv.weight, (width, k, width)), _padded(conv.bias, (width,)),
+                               dilation=conv.dilation, padding=conv.padding)
 
     def packed_bytes(self) -> int:
-        up = 0 if self._up is None else self._up.nbytes
-        return up + sum(c.nbytes for block in self._blocks or [] for pair in block for c in pair)
+        return self._up.nbytes + sum(c.nbytes for block in self._blocks for pair in block for c in pair)
 
     def __call__(self, h: np.ndarray, work: Scratch, threads: int) -> np.ndarray:
-        """The stage on one sequence h [T, C] -> [T', C / 2] (a work buffer, valid until the next call)."""
-        if self._up is not None:
-            y = self._up(h, work("up", self._up.work_size(h.shape[0])), slope_in=LRELU_SLOPE, threads=threads)
-        else:
-            y = np.array(self.up(_leaky_relu(mx.array(h)[None]))[0])
-        if self._blocks is None:
-            x = mx.array(y)[None]
-            xs = self.resblocks[0](x)
-            for block in self.resblocks[1:]:
-                xs = xs + block(x)
-            return np.array((xs / len(self.resblocks))[0])
+        """The stage on one sequence h [T, in_width] -> [T', width] (a work buffer, valid until the next call)."""
+        y = self._up(h, work("up", self._up.work_size(h.shape[0])), slope_in=LRELU_SLOPE, threads=threads)
         total = work("stage_total", *y.shape)
         n = len(self._blocks)
         for j, pairs in enumerate(self._blocks):
@@ -110,11 +107,13 @@ class NativeGenerator(nn.Module):
         self.conv_pre = generator.conv_pre
         self.cond = generator.cond
         n = generator.num_kernels
-        self.stages = [_Stage(up, generator.resblocks[i * n:(i + 1) * n]) for i, up in enumerate(generator.ups)]
-        post = generator.conv_post.weight
-        padded = np.zeros((16,) + post.shape[1:], dtype=np.float32)  # the kernels write 16 outputs
-        padded[:1] = np.array(post)
-        self._post = PackedConv.pack(padded, padding=generator.conv_post.padding)
+        self.in_width = width = _width(generator.conv_pre.weight.shape[0])
+        self.stages = []
+        for i, up in enumerate(generator.ups):
+            self.stages.append(_Stage(up, generator.resblocks[i * n:(i + 1) * n], width))
+            width = self.stages[-1].width
+        post = generator.conv_post.weight  # [1, K, C]: the kernels write 16 outputs and read `width` inputs
+        self._post = PackedConv.pack(_padded(post, (16, post.shape[1], width)), padding=generator.conv_post.padding)
         self.post_slope = generator.post_slope
         self.threads = threads
         self._work = Scratch()
@@ -132,6 +131,8 @@ class NativeGenerator(nn.Module):
             return mx.stack([self._row(np.array(row)) for row in np.array(x, copy=False)])
 
     def _row(self, h: np.ndarray) -> mx.array:
+        if h.shape[1] != self.in_width:
+            h = _padded(h, (h.shape[0], self.in_width))
         for stage in self.stages:
             h = stage(h, self._work, self.threads)
         out = self._work("post", h.shape[0], 16)
@@ -149,23 +150,15 @@ def _threads() -> int:
 
 
 def _twins(model: nn.Module) -> list[tuple[str, NativeGenerator]]:
-    """(path, twin) for each float32 `Generator` below the root of `model` that has a native stage."""
-    swaps = []
-    for path, module in model.named_modules():
-        if not path or not isinstance(module, Generator) or module.conv_pre.weight.dtype != mx.float32:
-            continue
-        twin = NativeGenerator(module, _threads())
-        if any(stage.native for stage in twin.stages):
-            swaps.append((path, twin))
-        else:
-            logger.info("no stage of the generator at %s has widths the CPU kernels take: left in MLX", path)
-    return swaps
+    """(path, twin) for each float32 `Generator` below the root of `model`."""
+    return [(path, NativeGenerator(module, _threads())) for path, module in model.named_modules()
+            if path and isinstance(module, Generator) and module.conv_pre.weight.dtype == mx.float32]
 
 
 def install(model: nn.Module) -> bool:
     """Swap every float32 `Generator` inside `model` for its `NativeGenerator` twin (the original
     generator, and with it the MLX weights the twin packed, is released); True when any was swapped.
-    Nothing changes without the CPU library or where no stage's widths are multiples of 16."""
+    Nothing changes without the CPU library."""
     if ops.native_kernels() is None:
         return False
     swaps = _twins(model)
