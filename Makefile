@@ -41,7 +41,7 @@ lint: $(DEV_STAMP)
 test: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 	# one BLAS thread: the suite runs torch and MLX side by side in one process
-	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q
+	OPENBLAS_NUM_THREADS=1 $(PY) -m pytest -q --durations=15
 
 # VOICE, TEXT, TEXT_FILE and NAME given on the command line reach scripts/run.py through the environment.
 # Only the random-weight test voice needs the dev tools (torch writes its official-format files).

@@ -105,9 +105,10 @@ def test_the_pool_starts_workers_only_when_asked_for_them():
     """A fresh process: loading the library starts no thread; a two-thread call starts one worker,
     which later calls reuse; results do not depend on the thread count."""
     code = """
-import os, numpy as np
+import os, sys, numpy as np
 from dora_primespeech_mlx.cpu import library
-from tests.test_cpu_library import _pack, _product
+sys.path.insert(0, "tests")  # this file by its own name: a dev package (split-lang) installs a `tests` package
+from test_cpu_library import _pack, _product
 tasks = lambda: len(os.listdir('/proc/self/task'))
 before = tasks()
 lib = library.load()
