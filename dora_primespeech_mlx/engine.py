@@ -407,28 +407,22 @@ class Synthesizer:
     def _semantic(self, ref: Path, voice: Voice, models: _VoiceModels) -> np.ndarray:
         """The reference clip's semantic codes (HuBERT + the voice's SoVITS `extract_latent`), also kept on
         disk beside the converted SoVITS weights, so that a restarted node need not load HuBERT."""
-        from .features import PromptCache, prompt_semantic
+        from .features import prompt_semantic
 
-        def compute() -> dict[str, np.ndarray]:
+        def compute() -> np.ndarray:
             started = time.perf_counter()
             codes = prompt_semantic(self.encoders.hubert_model(), models.sovits, ref)
             logger.info("reference %s: %d prompt codes in %.2fs", ref.name, len(codes), time.perf_counter() - started)
-            return {"codes": codes}
+            return codes
 
-        try:  # the codes depend on the clip (hashed by the cache), HuBERT's and SoVITS's weights
-            tag = "codes|" + "|".join(source_fingerprint(p)["hash"] for p in (self.registry.hubert_dir,
-                                                                             voice.sovits_path))
-        except OSError:
-            return compute()["codes"]
-        cache = PromptCache(persist_dir=converted_dir_for(voice.sovits_path))
-        return cache.get_or_compute(ref, "", "", compute, tag=tag)["codes"]
+        # the codes depend on the clip, HuBERT's and SoVITS's weights
+        return _kept_on_disk(ref, "codes", voice.sovits_path, (self.registry.hubert_dir, voice.sovits_path), compute)
 
     def _speaker_embedding(self, ref: Path, voice: Voice, models: _VoiceModels) -> np.ndarray:
         """The reference clip's speaker embedding as upstream prepares it: the 32 kHz reference (peak
         limited, as for the spectrogram) resampled to 16 kHz, then the speaker model's `embed`. Also kept
         on disk beside the converted speaker model, so that a restarted node need not load it."""
         from .audio import SOVITS_SAMPLE_RATE, limit_peak, load_audio, resample
-        from .features import PromptCache
         from .models.speaker import SAMPLE_RATE as SPEAKER_RATE
 
         path = self.registry.speaker_path
@@ -437,18 +431,16 @@ class Synthesizer:
                 f"voice {voice.name!r} is GPT-SoVITS {models.sovits.version}: it needs the speaker-verification "
                 f"model {path}, which is not there: `primespeech-mlx download --sv` fetches it")
 
-        def compute() -> dict[str, np.ndarray]:
+        def compute() -> np.ndarray:
             if self._speaker is None:
                 self._speaker = loading.load_model("speaker", path)
             started = time.perf_counter()
             wav = resample(limit_peak(load_audio(ref, SOVITS_SAMPLE_RATE)), SOVITS_SAMPLE_RATE, SPEAKER_RATE)
             embedding = self._speaker.embed(wav)
             logger.info("reference %s: speaker embedding in %.2fs", ref.name, time.perf_counter() - started)
-            return {"sv_emb": embedding}
+            return embedding
 
-        cache = PromptCache(persist_dir=converted_dir_for(path))
-        tag = "sv|" + source_fingerprint(path)["hash"]  # the embedding depends on the clip and the model
-        return cache.get_or_compute(ref, "", "", compute, tag=tag)["sv_emb"]
+        return _kept_on_disk(ref, "sv_emb", path, (path,), compute)  # depends on the clip and the model
 
     @staticmethod
     def _spectrogram(ref: Path) -> np.ndarray:
@@ -462,6 +454,21 @@ class Synthesizer:
 
             self._pipeline = TextPipeline(g2pw_dir=self.registry.g2pw_dir)
         return self._pipeline
+
+
+def _kept_on_disk(ref: Path, name: str, beside: Path, sources: tuple[Path, ...],
+                  compute: Callable[[], np.ndarray]) -> np.ndarray:
+    """`compute()`, a feature of the reference clip, kept in a `PromptCache` beside the conversion of
+    `beside` and keyed by the clip's content and the fingerprints of the model `sources` it depends on;
+    computed without the disk when a source cannot be fingerprinted."""
+    from .features import PromptCache
+
+    try:
+        tag = name + "|" + "|".join(source_fingerprint(p)["hash"] for p in sources)
+    except OSError:
+        return compute()
+    cache = PromptCache(persist_dir=converted_dir_for(beside))
+    return cache.get_or_compute(ref, "", "", lambda: {name: compute()}, tag=tag)[name]
 
 
 WARMUP_TEXTS = {"zh": "你好。", "en": "Hello.", "ja": "こんにちは。", "ko": "안녕하세요.", "yue": "你好。"}

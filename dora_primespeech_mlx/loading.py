@@ -108,6 +108,14 @@ def _read_t2s(source: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return data["weight"], ModelArgs.from_checkpoint_config(data.get("config") or {}).to_dict()
 
 
+class UnsupportedVersion(PrimeSpeechError):
+    """A GPT-SoVITS checkpoint of a version we recognise but do not load (`version`: e.g. "v4")."""
+
+    def __init__(self, message: str, version: str):
+        super().__init__(message)
+        self.version = version
+
+
 def detect_sovits_version(weights: dict[str, Any], config: dict[str, Any], header_version: str | None) -> str:
     """"v1", "v2", "v2Pro" or "v2ProPlus" for a supported SoVITS state dict; PrimeSpeechError naming
     any other version. The file header (`00`/`01`/`05`/`06` in place of `PK`) decides when there is
@@ -116,11 +124,11 @@ def detect_sovits_version(weights: dict[str, Any], config: dict[str, Any], heade
     sovits = get_kind("sovits").model_module()  # models are imported by name only (no import circle)
     cfg_version = _plain(config.get("model")).get("version") or config.get("version")
 
-    def refuse(version: str, why: str) -> PrimeSpeechError:
-        return PrimeSpeechError(
+    def refuse(version: str, why: str) -> UnsupportedVersion:
+        return UnsupportedVersion(
             f"this SoVITS checkpoint is GPT-SoVITS {version} ({why}); only v1, v2, v2Pro and v2ProPlus SoVITS "
-            "weights are supported: use such a voice, or export the voice from one of those training runs"
-        )
+            "weights are supported: use such a voice, or export the voice from one of those training runs",
+            version)
 
     if header_version is not None and header_version not in sovits.VERSIONS:
         raise refuse(header_version, "file header")
@@ -202,10 +210,9 @@ def sovits_version(path: str | os.PathLike) -> str | None:
         if not isinstance(weights, dict):
             return None
         return detect_sovits_version(weights, _plain(data.get("config")), None)
-    except PrimeSpeechError as exc:
-        found = [v for v in ("v3", "v4") if f"GPT-SoVITS {v}" in str(exc)]
-        return found[0] if found else None
-    except OSError:
+    except UnsupportedVersion as exc:
+        return exc.version
+    except (PrimeSpeechError, OSError):
         return None
 
 

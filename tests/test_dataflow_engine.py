@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from dora_primespeech_mlx.voices import ModelRoot
+
 ROOT = Path(__file__).resolve().parents[1]
 DATAFLOWS = ROOT / "dataflows"
 BIN = Path(sys.executable).parent
@@ -48,7 +50,7 @@ def write_small_voice(root: Path, name: str, seed: int, encoders: bool, version:
                          moyoyo / "SoVITS_weights" / f"{name}_best_sovits.pth",
                          header=version if version in sovits.SPEAKER_VERSIONS else None)
     if version in sovits.SPEAKER_VERSIONS:
-        speaker.write_checkpoint(moyoyo / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt", speaker.build(seed=seed + 4))
+        speaker.write_checkpoint(ModelRoot(root).speaker, speaker.build(seed=seed + 4))
     (moyoyo / "ref_audios").mkdir(parents=True, exist_ok=True)
     _write_pcm16(moyoyo / "ref_audios" / f"{name}_ref.wav", synthetic_reference(4.0, seed=seed), 32000)
     if encoders:
@@ -143,4 +145,4 @@ def test_say_flow_on_a_v2proplus_voice(model_root, tmp_path):
     check_contract(data, texts=2)
     assert {json.loads(e["value"])["voice"] for e in data["status"]} == {"testpro"}
     # the speaker model went through the one loader too: its conversion sits beside it
-    assert (model_root / "moyoyo" / "sv" / "pretrained_eres2netv2w24s4ep4.mlx").is_dir()
+    assert ModelRoot(model_root).speaker.with_suffix(".mlx").is_dir()

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from parity import rel_err
 from test_hubert import speech_like
+from test_sovits import _inputs
 
 import dora_primespeech_mlx  # noqa: F401  (OpenBLAS preload before MLX)
 from dora_primespeech_mlx import sola
@@ -73,15 +74,6 @@ def models(oracle, tmp_path_factory):
         return net, path, cache[version, small, kernels]
 
     return get
-
-
-def _inputs(seed: int, n_codes: int, n_phones: int, frames: tuple[int, ...], n_symbols: int):
-    rng = np.random.default_rng(seed)
-    codes = rng.integers(0, 1024, size=n_codes)
-    phones = rng.integers(0, n_symbols, size=n_phones)
-    specs = [(np.abs(rng.standard_normal((1025, f))) * np.linspace(3, 0.05, 1025)[:, None]).astype(np.float32)
-             for f in frames]
-    return codes, phones, specs
 
 
 def _informative(ref: np.ndarray) -> None:

@@ -39,8 +39,10 @@ from typing import Any
 
 import numpy as np
 
+from dora_primespeech_mlx.checkpoint import sniff_header
+from dora_primespeech_mlx.voices import ModelRoot
 from primespeech_devtools.oracle import import_upstream
-from primespeech_devtools.oracle.sovits import HEADERS, SPEAKER_VERSIONS
+from primespeech_devtools.oracle.sovits import SPEAKER_VERSIONS
 
 SAMPLE_RATE = 32000
 TEST_PROMPT_TEXT = "这是一个用来测试的声音，它只会说出噪音"
@@ -113,7 +115,7 @@ def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed:
         net = sovits.build_upstream(version, seed=seed + 1)
         sovits.save_official(net, sov, header=version if version in sovits.SPEAKER_VERSIONS else None)
         del net
-    sv_file = moyoyo / "sv" / "pretrained_eres2netv2w24s4ep4.ckpt"
+    sv_file = ModelRoot(root).speaker
     if version in sovits.SPEAKER_VERSIONS and not sv_file.is_file():
         speaker.write_checkpoint(sv_file, speaker.build(seed=seed + 4))
     if not ref.is_file():
@@ -291,9 +293,7 @@ class OracleTTS:
         hps = s2["config"]
         model_cfg = dict(hps["model"])
         # the version as upstream's TTS reads it: the file's header (process_ckpt), v2 for a plain file
-        with open(sovits_path, "rb") as f:
-            head = f.read(2)
-        self.version = {v: k for k, v in HEADERS.items()}.get(head, "v2")
+        self.version = sniff_header(sovits_path) or "v2"
         model_cfg.update(semantic_frame_rate="25hz", version=self.version)
         data = hps["data"]
         self.hop = data["hop_length"]
