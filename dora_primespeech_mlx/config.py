@@ -29,6 +29,7 @@ DEVICES = ("auto", "cpu", "gpu")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 ENCODER_BACKENDS = ("auto", "mlx", "coreml")
 CPU_KERNELS = ("auto", "off")
+T2S_BITS = ("16", "8", "4")
 FRAGMENT_INTERVAL_BATCH = 0.07
 FRAGMENT_INTERVAL_STREAMING = 0.3
 
@@ -71,6 +72,7 @@ class NodeConfig:
     max_text_chars: int = 5000  # PRIMESPEECH_MAX_TEXT_CHARS
     stream_chunk: int = 16  # PRIMESPEECH_STREAM_CHUNK: codes in the first streamed chunk (0: whole segments)
     cpu_kernels: str = "auto"  # PRIMESPEECH_CPU_KERNELS: the CPU accelerator's switch (auto, off)
+    t2s_bits: int = 16  # PRIMESPEECH_T2S_BITS: T2S weights quantized to 8 or 4 bits on MLX's own step
     hf_endpoint: str | None = None  # HF_ENDPOINT: hub mirror for `download` (None: huggingface_hub's own)
     hf_hub_offline: bool = False  # HF_HUB_OFFLINE: `download` refuses to run
     # The original's overrides of VOICE_NAME's files (None: the voice's own). Relative paths are resolved
@@ -118,6 +120,7 @@ class NodeConfig:
             max_text_chars=env.number("PRIMESPEECH_MAX_TEXT_CHARS", 5000, int, low=1, high=1_000_000),
             stream_chunk=env.number("PRIMESPEECH_STREAM_CHUNK", 16, int, low=0, high=1500),
             cpu_kernels=env.choice("PRIMESPEECH_CPU_KERNELS", "auto", CPU_KERNELS),
+            t2s_bits=int(env.choice("PRIMESPEECH_T2S_BITS", "16", T2S_BITS)),
             hf_endpoint=env.text("HF_ENDPOINT", None),
             hf_hub_offline=env.flag("HF_HUB_OFFLINE"),
             gpt_model_path=env.file("GPT_MODEL_PATH"),

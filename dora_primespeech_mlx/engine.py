@@ -132,7 +132,7 @@ class Synthesizer:
 
     def __init__(self, model_root: str | os.PathLike, *, registry: VoiceRegistry | None = None,
                  device: str = "auto", dtype: str = "auto", max_loaded_voices: int = 3,
-                 encoder_backend: str = "auto", max_prompts: int = 16):
+                 encoder_backend: str = "auto", max_prompts: int = 16, t2s_bits: int = 16):
         from .encoders import select_encoder_backend
         from .runtime import select_runtime
 
@@ -144,6 +144,7 @@ class Synthesizer:
                                                roberta_dir=self.registry.roberta_dir, dtype=self.runtime.dtype)
         self.encoder_backend = self.encoders.name
         self.max_loaded_voices = max(1, int(max_loaded_voices))
+        self.t2s_bits = int(t2s_bits)  # 8 or 4: T2S weights quantized (models.t2s.quantize) where MLX decodes
         self._voices: OrderedDict[tuple[str, str], _VoiceModels] = OrderedDict()
         self._prompts: OrderedDict[tuple, Any] = OrderedDict()  # prompt pieces, LRU
         self._max_prompts = 3 * max_prompts
@@ -353,6 +354,14 @@ class Synthesizer:
         started = time.perf_counter()
         logger.info("loading voice %r (official checkpoints are converted to MLX on first use)", voice.name)
         t2s_model = loading.load_model("t2s", voice.gpt_path)
+        if self.t2s_bits < 16:
+            from .models import t2s
+
+            if t2s_model.compiled_decoding:
+                t2s.quantize(t2s_model, self.t2s_bits)
+            else:
+                logger.warning("T2S bits %d ignored: the CPU accelerator decodes from its own packed weights",
+                               self.t2s_bits)
         sovits_model = loading.load_model("sovits", voice.sovits_path)
         models = _VoiceModels(t2s_model, sovits_model, _early_stop_num(t2s_model))
         logger.info("voice %r loaded in %.2fs (SoVITS %s)", voice.name, time.perf_counter() - started,

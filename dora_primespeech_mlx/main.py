@@ -39,7 +39,7 @@ def build_engine(config: NodeConfig) -> tuple[Any | None, str | None, list[str]]
         settings = {"device": config.device, "dtype": config.dtype, "encoder_backend": config.encoder_backend}
         try:
             engine = Synthesizer(config.model_dir, registry=registry, max_loaded_voices=config.max_voices,
-                                 **settings)
+                                 t2s_bits=config.t2s_bits, **settings)
         except Exception as exc:
             chosen = {k: v for k, v in settings.items() if v != "auto"}
             if not chosen:

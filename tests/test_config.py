@@ -17,7 +17,7 @@ DEFAULTS = {
     "temperature": 1.0, "seed": 233333, "text_split_method": "cut5", "batch_size": 100, "split_bucket": True,
     "use_gpu": False, "legacy_device": "cpu", "log_level": "INFO", "sample_rate": 32000, "num_threads": 4,
     "device": "auto", "dtype": "auto", "voices_file": None, "encoder_backend": "auto", "max_voices": 3,
-    "max_text_chars": 5000, "stream_chunk": 16, "cpu_kernels": "auto", "hf_endpoint": None, "hf_hub_offline": False,
+    "max_text_chars": 5000, "stream_chunk": 16, "cpu_kernels": "auto", "t2s_bits": 16, "hf_endpoint": None, "hf_hub_offline": False,
     "gpt_model_path": None, "sovits_model_path": None, "reference_audio_path": None,
     "repository": "MoYoYoTech/tone-models",
 }
@@ -41,6 +41,7 @@ def test_every_variable_is_read():
         "PRIMESPEECH_DEVICE": "CPU", "PRIMESPEECH_DTYPE": "float16", "PRIMESPEECH_VOICES_FILE": "/v.json",
         "PRIMESPEECH_ENCODER_BACKEND": "coreml", "PRIMESPEECH_MAX_VOICES": "5",
         "PRIMESPEECH_MAX_TEXT_CHARS": "300", "PRIMESPEECH_STREAM_CHUNK": "0", "PRIMESPEECH_CPU_KERNELS": "OFF",
+        "PRIMESPEECH_T2S_BITS": "8",
         "HF_ENDPOINT": "https://mirror.example", "HF_HUB_OFFLINE": "1", "GPT_MODEL_PATH": "/w/a.ckpt",
         "SOVITS_MODEL_PATH": "SoVITS_weights/b.pth", "REFERENCE_AUDIO_PATH": "~/c.wav", "REPOSITORY": "me/my-voices",
     }
@@ -52,7 +53,7 @@ def test_every_variable_is_read():
         top_p=0.9, temperature=0.7, seed=-1, text_split_method="cut1", batch_size=8, split_bucket=False,
         use_gpu=True, legacy_device="cuda:0", log_level="DEBUG", sample_rate=16000, num_threads=2,
         device="cpu", dtype="float16", voices_file=Path("/v.json"), encoder_backend="coreml", max_voices=5,
-        max_text_chars=300, stream_chunk=0, cpu_kernels="off", hf_endpoint="https://mirror.example",
+        max_text_chars=300, stream_chunk=0, cpu_kernels="off", t2s_bits=8, hf_endpoint="https://mirror.example",
         hf_hub_offline=True, gpt_model_path=Path("/w/a.ckpt"), sovits_model_path=Path("SoVITS_weights/b.pth"),
         reference_audio_path=Path(os.path.expanduser("~/c.wav")), repository="me/my-voices")
     notes = " ".join(config.notes())
@@ -107,6 +108,7 @@ def test_prompt_lang_auto_means_the_voices_language():
     ("PRIMESPEECH_MAX_VOICES", "0", "max_voices", 3, "[1, 64]"),
     ("PRIMESPEECH_MAX_TEXT_CHARS", "many", "max_text_chars", 5000, "an integer"),
     ("PRIMESPEECH_CPU_KERNELS", "on", "cpu_kernels", "auto", "one of auto, off"),
+    ("PRIMESPEECH_T2S_BITS", "2", "t2s_bits", 16, "one of 16, 8, 4"),
     ("REPOSITORY", "tone-models", "repository", "MoYoYoTech/tone-models", "owner/name"),
     ("REPOSITORY", "https://huggingface.co/a/b", "repository", "MoYoYoTech/tone-models", "owner/name"),
     ("REPOSITORY", "a/b--c", "repository", "MoYoYoTech/tone-models", "owner/name"),

@@ -92,7 +92,8 @@ def prefill_input(model: Model, texts: Sequence[tuple[mx.array, mx.array]], prom
 @functools.lru_cache(maxsize=32)
 def _token_step(eos: int, vocab: int, top_k: int | None, top_p: float, temperature: float,
                 repetition_penalty: float) -> Callable:
-    """Compiled: EOS blocking, sampling, the stop test and the seen-codes update of one step, all rows."""
+    """EOS blocking, sampling, the stop test and the seen-codes update of one step, all rows (traced into
+    the model's compiled step, or compiled alone for a model whose step is a native twin)."""
     sample = make_sampler(top_k=top_k, top_p=top_p, temperature=temperature,
                           repetition_penalty=repetition_penalty)
 
@@ -105,6 +106,11 @@ def _token_step(eos: int, vocab: int, top_k: int | None, top_p: float, temperatu
         stops = (greedy == eos) | (tokens == eos)
         return tokens, stops, seen | (ids == tokens[:, None]), pairs[:, 0]
 
+    return token_step
+
+
+@functools.lru_cache(maxsize=32)
+def _compiled(token_step: Callable) -> Callable:
     return mx.compile(token_step)
 
 
@@ -132,6 +138,12 @@ def generate_step(model: Model, rows: Sequence[tuple[object, object]], prompt=No
     token_step = _token_step(args.EOS, args.vocab_size, top_k if top_k and top_k > 0 else None,
                              1.0 if top_p is None else float(top_p), float(temperature), float(repetition_penalty))
     blocked, free = mx.array(True), mx.array(False)
+    if model.compiled_decoding:  # one compiled graph per token: the model's step, then sampling
+        def advance(tokens, position, seen, keys, block):
+            return model.step_then(token_step, (seen, keys, block), tokens, position, cache)
+    else:
+        def advance(tokens, position, seen, keys, block):
+            return _compiled(token_step)(model.step(tokens, position, cache), seen, keys, block)
 
     x, pads = prefill_input(model, texts, prompt)
     n_prompt = prompt.shape[0]
@@ -141,14 +153,13 @@ def generate_step(model: Model, rows: Sequence[tuple[object, object]], prompt=No
     last = last_step(max_tokens, early_stop_num)
 
     live = list(range(len(texts)))  # the row index of each batch row
-    tokens, stops, seen, keys = token_step(logits, seen, row_keys(seeds), blocked)
+    tokens, stops, seen, keys = _compiled(token_step)(logits, seen, row_keys(seeds), blocked)
     mx.async_eval(tokens, stops)
     for idx in range(last + 1):
         # queue step idx + 1 (all current rows) before reading step idx back
         nxt = None
         if idx < last:
-            logits = model.step(tokens, n_prompt + idx, cache)
-            nxt = token_step(logits, seen, keys, blocked if idx + 1 < EOS_BLOCKED_STEPS else free)
+            nxt = advance(tokens, n_prompt + idx, seen, keys, blocked if idx + 1 < EOS_BLOCKED_STEPS else free)
             mx.async_eval(nxt[0], nxt[1])
         codes, stopped = tokens.tolist(), stops.tolist()
         keep = [pos for pos in range(len(live)) if not stopped[pos]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,7 +139,17 @@ class MultiheadAttention(nn.Module):
 
     def in_projection(self, x: mx.array) -> mx.array:
         """q|k|v [..., 3*dims] of x [..., dims]: one product, split afterwards."""
+        if "in_proj" in self:  # quantized
+            return self.in_proj(x)
         return mx.addmm(self.in_proj_bias, x, self.in_proj_weight.T)
+
+    def quantize(self, group_size: int, bits: int) -> None:
+        """Replace the packed q|k|v weight by a QuantizedLinear `in_proj` (see `quantize`)."""
+        dims = self.in_proj_weight.shape[1]
+        linear = nn.Linear(dims, 3 * dims)
+        linear.weight, linear.bias = self.in_proj_weight, self.in_proj_bias
+        self.in_proj = nn.QuantizedLinear.from_linear(linear, group_size, bits)
+        del self["in_proj_weight"], self["in_proj_bias"]
 
     def _heads(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         B, L, D = x.shape
@@ -156,19 +166,43 @@ class MultiheadAttention(nn.Module):
             k, v = cache.update_and_fetch(k, v)
         return self._merge(mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask))
 
-    def step(self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array,
-             mask: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        """One new position on whole preallocated buffers [B, heads, capacity, head_dim]: its k/v are
-        written at `offset` (in place), and attention reads the first W = mask.shape[-1] positions,
-        the boolean `mask` hiding those beyond `offset`. Shapes depend on W only, so a compiled step
-        is reused for many positions."""
-        W = mask.shape[-1]
-        q, k, v = self._heads(x)
-        keys = mx.slice_update(keys, k, offset, axes=(2,))
-        values = mx.slice_update(values, v, offset, axes=(2,))
-        out = mx.fast.scaled_dot_product_attention(q, keys[..., :W, :], values[..., :W, :], scale=self.scale,
-                                                   mask=mask)
-        return self._merge(out), keys, values
+    def step(self, x: mx.array, kv: mx.array, offset: mx.array,
+             bias: mx.array) -> tuple[mx.array, mx.array | None, mx.array]:
+        """One new position on a whole preallocated keys|values buffer [2, B, heads, capacity, head_dim]:
+        its k and v are written at `offset` (in place, one update), and attention reads the first
+        W = bias.shape[-1] positions, `bias` (0 or -inf, [B or 1, 1, 1, W]) hiding those beyond
+        `offset`. Shapes depend on W only, so a compiled step is reused for many positions. Returns the
+        output projection without its bias (the caller adds it with the residual), the bias, and kv.
+
+        Attention is spelled out: MLX's fused kernel serves head sizes 64-256, not this model's 32.
+        q|k|v come out of one bias addition laid out [3, B, heads, head_dim], so q of every row and
+        head is one contiguous batch for the products and k|v one update."""
+        B, W, H = x.shape[0], bias.shape[-1], self.heads
+        if "in_proj" in self:  # quantized: the layer adds its bias
+            qkv = mx.contiguous(self.in_proj(x).reshape(B, 3, H, -1).swapaxes(0, 1))
+        else:
+            qkv = (x.reshape(B, -1) @ self.in_proj_weight.T).reshape(B, 3, H, -1).swapaxes(0, 1) + \
+                self.in_proj_bias.reshape(3, 1, H, -1)
+        kv = mx.slice_update(kv, qkv[1:, :, :, None], offset, axes=(3,))
+        q = qkv[:1].reshape(B, H, 1, -1)  # a slice, not qkv[0]: MLX indexes an axis with an int by a gather
+        scores = q @ kv[0, :, :, :W].swapaxes(-1, -2)
+        probs = mx.softmax(scores * self.scale + bias, axis=-1, precise=True)
+        out, out_bias = _product(self.out_proj, (probs @ kv[1, :, :, :W]).reshape(B, 1, -1))
+        return out, out_bias, kv
+
+
+def _product(linear: nn.Module, x: mx.array) -> tuple[mx.array, mx.array | None]:
+    """A decode step's product `x @ W.T` and the bias still to add (None: `linear` added it). MLX's GPU
+    backends take their matrix-vector kernels only for a product without a bias (with one, CUDA's
+    goes through a GEMM with a bias epilogue, much slower for one row); the bias is then added with
+    the residual or the ReLU that follows, in the same fused kernel."""
+    if isinstance(linear, nn.Linear) and "bias" in linear:  # rows as the M of one product, not a batch
+        return (x.reshape(-1, x.shape[-1]) @ linear.weight.T).reshape(*x.shape[:-1], -1), linear.bias
+    return linear(x), None
+
+
+def _plus(x: mx.array, bias: mx.array | None) -> mx.array:
+    return x if bias is None else x + bias
 
 
 class TransformerEncoderLayer(nn.Module):
@@ -188,10 +222,12 @@ class TransformerEncoderLayer(nn.Module):
     def __call__(self, x: mx.array, mask: mx.array | None = None, cache: KVCache | None = None) -> mx.array:
         return self.feed_forward(self.norm1(x + self.self_attn(x, mask, cache)))
 
-    def step(self, x: mx.array, keys: mx.array, values: mx.array, offset: mx.array,
-             mask: mx.array) -> tuple[mx.array, mx.array, mx.array]:
-        h, keys, values = self.self_attn.step(x, keys, values, offset, mask)
-        return self.feed_forward(self.norm1(x + h)), keys, values
+    def step(self, x: mx.array, kv: mx.array, offset: mx.array, bias: mx.array) -> tuple[mx.array, mx.array]:
+        h, h_bias, kv = self.self_attn.step(x, kv, offset, bias)
+        x = self.norm1(x + _plus(h, h_bias))
+        f, f_bias = _product(self.linear1, x)
+        g, g_bias = _product(self.linear2, nn.relu(_plus(f, f_bias)))
+        return self.norm2(x + _plus(g, g_bias)), kv
 
 
 class TransformerEncoder(nn.Module):
@@ -205,19 +241,26 @@ class TransformerEncoder(nn.Module):
 
 
 class KVCache:
-    """One layer's keys/values [B, heads, capacity, head_dim], preallocated and grown `step` positions
-    at a time."""
+    """One layer's keys and values stacked in one buffer [2, B, heads, capacity, head_dim] (a decode
+    step writes both with one update), preallocated and grown `step` positions at a time."""
 
     step = 256
 
     def __init__(self):
-        self.keys: mx.array | None = None
-        self.values: mx.array | None = None
+        self.kv: mx.array | None = None
         self.offset = 0
 
     @property
+    def keys(self) -> mx.array | None:
+        return None if self.kv is None else self.kv[0]
+
+    @property
+    def values(self) -> mx.array | None:
+        return None if self.kv is None else self.kv[1]
+
+    @property
     def capacity(self) -> int:
-        return 0 if self.keys is None else self.keys.shape[2]
+        return 0 if self.kv is None else self.kv.shape[3]
 
     def reserve(self, n: int, like: mx.array) -> None:
         """Make room for `n` more positions (like: an array [B, heads, *, head_dim] of the right dtype)."""
@@ -225,29 +268,23 @@ class KVCache:
             return
         B, H, _, Dh = like.shape
         grow = ((self.offset + n - self.capacity + self.step - 1) // self.step) * self.step
-        new_k = mx.zeros((B, H, grow, Dh), like.dtype)
-        new_v = mx.zeros((B, H, grow, Dh), like.dtype)
-        if self.keys is None:
-            self.keys, self.values = new_k, new_v
-        else:
-            self.keys = mx.concatenate([self.keys, new_k], axis=2)
-            self.values = mx.concatenate([self.values, new_v], axis=2)
+        new = mx.zeros((2, B, H, grow, Dh), like.dtype)
+        self.kv = new if self.kv is None else mx.concatenate([self.kv, new], axis=3)
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         prev = self.offset
         self.reserve(keys.shape[2], keys)
         self.offset += keys.shape[2]
-        self.keys[..., prev:self.offset, :] = keys
-        self.values[..., prev:self.offset, :] = values
-        return self.keys[..., :self.offset, :], self.values[..., :self.offset, :]
+        self.kv[:, :, :, prev:self.offset, :] = mx.stack([keys, values])
+        return self.kv[0, :, :, :self.offset, :], self.kv[1, :, :, :self.offset, :]
 
     def filter(self, index: mx.array) -> None:
         """Keep the rows at `index`."""
-        self.keys, self.values = self.keys[index], self.values[index]
+        self.kv = self.kv[:, index]
 
     @property
     def state(self) -> list[mx.array]:
-        return [a for a in (self.keys, self.values) if a is not None]
+        return [] if self.kv is None else [self.kv]
 
 
 class Cache:
@@ -314,7 +351,7 @@ class Model(nn.Module):
         self.ar_audio_position = SinePositionalEmbedding(d)
         self.h = TransformerEncoder(args)
         self.ar_predict_layer = nn.Linear(args.hidden_dim, args.vocab_size, bias=False)
-        self._compiled_step = None
+        self._compiled: dict[Callable | None, Callable] = {}  # step_then's compiled functions
 
     @property
     def layers(self) -> list[TransformerEncoderLayer]:
@@ -350,11 +387,24 @@ class Model(nn.Module):
         mask = prefill_mask(n_text, x.shape[1] - n_text, cache.left_padding)
         return self(x, mask, cache, last_only=True)
 
+    @property
+    def compiled_decoding(self) -> bool:
+        """Whether `step` is this class's compiled MLX step, not a twin installed on the instance by
+        the CPU accelerator (which decodes from its own packed weights)."""
+        return "step" not in self.__dict__
+
     def step(self, tokens: mx.array, position: int, cache: Cache) -> mx.array:
         """Logits [B, vocab] of the codes after `tokens` [B], which sit at audio position `position`;
         their keys and values go into the next cache position. Runs `decode_step` compiled on whole
         cache buffers, attending over a window that grows WINDOW_STEP positions at a time: shapes
         change only then, so the compiled step is reused in between."""
+        return self.step_then(None, (), tokens, position, cache)
+
+    def step_then(self, finish: Callable | None, state: tuple, tokens: mx.array, position: int,
+                  cache: Cache) -> Any:
+        """`step`, then `finish(logits, *state)` (e.g. sampling) traced into the same compiled
+        function, whose outputs are returned instead of the logits: one launch of one graph per
+        token, nothing read back. Compiled once per `finish`, retraced only when shapes change."""
         offset = cache.offset
         for c in cache.layers:
             c.reserve(1, c.keys)
@@ -363,31 +413,37 @@ class Model(nn.Module):
         if width not in cache.windows:
             cache.windows[width] = mx.arange(width)
         pe = self.ar_audio_position.table(position + 1)[position:position + 1]
-        kv = [a for c in cache.layers for a in (c.keys, c.values)]
-        call = (tokens, pe, mx.array(offset, dtype=mx.int32), cache.windows[width], kv)
-        if self._compiled_step is None:
+        kv = [c.kv for c in cache.layers]
+        call = (tokens, pe, mx.array(offset, dtype=mx.int32), cache.windows[width], kv, state)
+        decode = self._compiled.get(finish)
+        if decode is None:
+            def decode_then(tokens, pe, offset, window, kv, state, valid_from=None):
+                logits, kv = self.decode_step(tokens, pe, offset, window, kv, valid_from)
+                return (logits if finish is None else finish(logits, *state)), kv
+
             # the parameters are implicit inputs, read at every call: weights changed later are used
-            self._compiled_step = mx.compile(self.decode_step, inputs=[self.state])
-        decode = self._compiled_step
-        logits, kv = decode(*call) if cache.valid_from is None else decode(*call, cache.valid_from)
-        for i, c in enumerate(cache.layers):
-            c.keys, c.values = kv[2 * i], kv[2 * i + 1]
-        return logits
+            decode = self._compiled[finish] = mx.compile(decode_then, inputs=[self.state])
+        out, kv = decode(*call) if cache.valid_from is None else decode(*call, cache.valid_from)
+        for c, buffer in zip(cache.layers, kv, strict=True):
+            c.kv = buffer
+        return out
 
     def decode_step(self, tokens: mx.array, pe: mx.array, offset: mx.array, window: mx.array,
                     kv: list[mx.array], valid_from: mx.array | None = None) -> tuple[mx.array, list[mx.array]]:
         """The traced body of `step`. tokens [B] int; pe: the unscaled sinusoid row [1, D] of their
         audio position; offset: their cache index; window: arange(W), W > offset, the cache positions
-        attention reads; kv: every layer's keys and values buffers [B, H, capacity, Dh], returned
+        attention reads; kv: every layer's keys|values buffer [2, B, H, capacity, Dh], returned
         updated; valid_from [B, 1]: each row's first real cache position, or None."""
         x = (self.ar_audio_embedding(tokens) + self.ar_audio_position.scale(pe))[:, None]
         allowed = window <= offset
         if valid_from is not None:
-            allowed = (allowed & (window >= valid_from))[:, None, None, :]
+            allowed = allowed & (window >= valid_from)
+        # one additive mask for all layers, in the activations' dtype (a float32 one would upcast)
+        bias = mx.where(allowed, 0.0, -mx.inf).astype(x.dtype).reshape(-1, 1, 1, window.shape[0])
         out = []
-        for i, layer in enumerate(self.layers):
-            x, k, v = layer.step(x, kv[2 * i], kv[2 * i + 1], offset, allowed)
-            out += [k, v]
+        for layer, buffer in zip(self.layers, kv, strict=True):
+            x, buffer = layer.step(x, buffer, offset, bias)
+            out.append(buffer)
         return self.ar_predict_layer(x[:, -1]), out
 
     @staticmethod
@@ -409,6 +465,30 @@ class Model(nn.Module):
                 continue
             out[key] = value
         return out
+
+
+QUANT_BITS = (8, 4)
+QUANT_GROUP = 64
+
+
+def quantize(model: Model, bits: int, group_size: int = QUANT_GROUP) -> Model:
+    """Quantize, in place, the weights every decode step reads (each layer's q|k|v, output and
+    feed-forward products, and the logits head) to `bits`-bit integers with a scale and bias per
+    `group_size` values (`mx.quantize`); the embeddings, the norms and the BERT projection (prefill
+    only) keep their dtype. A decode step streams the weights once per token, so fewer bytes per
+    weight is a cheaper step where it is bound by memory. For the model's own MLX step only."""
+    if bits not in QUANT_BITS:
+        raise PrimeSpeechError(f"T2S weights quantize to {' or '.join(map(str, QUANT_BITS))} bits, not {bits}")
+    if not model.compiled_decoding:
+        raise PrimeSpeechError("this T2S model decodes with the CPU accelerator's packed weights, which "
+                               "cannot be quantized; quantize before the accelerator is installed")
+    for layer in model.layers:
+        layer.self_attn.quantize(group_size, bits)
+    nn.quantize(model, group_size, bits, class_predicate=lambda path, module: isinstance(module, nn.Linear)
+                and path != "bert_proj")
+    model._compiled.clear()
+    mx.eval(model.parameters())
+    return model
 
 
 # ------------------------------------------------------------------------------------------------ load

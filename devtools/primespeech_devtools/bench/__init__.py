@@ -3,8 +3,8 @@
 Each submodule exposes `add_arguments(parser)` and `run(args) -> dict`; `primespeech-mlx bench NAME`
 prints the figures and the ratio. Without the oracle (torch and gpt-sovits-cpufast, which `make setup`
 installs) each benchmark times ours only, on weights it makes without torch, and says so in the
-result's "note". `sovits` and `e2e` take `--device gpu`: ours on MLX's GPU and upstream on torch-CUDA
-when torch sees a GPU (sovits; e2e's upstream stays on the CPU), in one run, with the card named.
+result's "note". `t2s`, `sovits` and `e2e` take `--device gpu`: ours on MLX's GPU and upstream on
+torch-CUDA when torch sees a GPU (t2s, sovits; e2e's upstream stays on the CPU), in one run, with the card named.
 """
 
 from __future__ import annotations
