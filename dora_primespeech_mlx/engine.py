@@ -114,8 +114,8 @@ class _Prompt:
     phones: list[int]
     bert: np.ndarray  # [1024, len(phones)]
     codes: np.ndarray | None  # prompt semantic codes; None without a prompt text
-    refer_spec: np.ndarray  # [1025, frames]
-    sv_emb: np.ndarray | None = None  # the reference's speaker embedding (v2Pro/v2ProPlus voices only)
+    refer_spec: np.ndarray | list[np.ndarray]  # [1025, frames]; a list with auxiliary references
+    sv_emb: np.ndarray | list[np.ndarray] | None = None  # the same for the speaker embeddings (v2Pro/v2ProPlus)
 
     def t2s_row(self, segment, bert: np.ndarray) -> tuple[list[int], np.ndarray]:
         """T2S input for a segment: prompt + segment phones, and their BERT features side by side."""
@@ -375,21 +375,31 @@ class Synthesizer:
     def _prompt(self, voice: Voice, prompt_text: str, prompt_lang: str, models: _VoiceModels) -> _Prompt:
         """The prompt: transcript phones + BERT (cached per text), and the reference clip's semantic codes
         and spectrogram (cached per clip content and SoVITS model) and, for v2Pro/v2ProPlus, its speaker
-        embedding (cached per clip)."""
+        embedding (cached per clip). A voice's auxiliary clips add their spectrograms (and embeddings),
+        whose styles SoVITS averages, as upstream's aux_ref_audio_paths; the prompt codes come from the
+        reference clip alone."""
+        keys = []
+        for ref in voice.references:
+            try:
+                stat = Path(ref).stat()
+            except FileNotFoundError as exc:
+                raise PrimeSpeechError(f"voice {voice.name!r}: reference audio not found at {ref}") from exc
+            keys.append((str(ref), stat.st_size, stat.st_mtime_ns))
         ref = Path(voice.ref_audio)
-        try:
-            stat = ref.stat()
-        except FileNotFoundError as exc:
-            raise PrimeSpeechError(f"voice {voice.name!r}: reference audio not found at {ref}") from exc
-        ref_key = (str(ref), stat.st_size, stat.st_mtime_ns, str(voice.sovits_path))
         text_key = (prompt_text, prompt_lang)
         phones, bert = self._cached(text_key, lambda: self._prompt_features(prompt_text, prompt_lang))
-        spec = self._cached(("spec", *ref_key[:3]), lambda: self._spectrogram(ref))
-        codes = self._cached(ref_key, lambda: self._semantic(ref, voice, models)) if phones else None
-        sv_emb = None
+        specs = [self._cached(("spec", *key), lambda r=r: self._spectrogram(Path(r)))
+                 for r, key in zip(voice.references, keys, strict=True)]
+        codes = self._cached((*keys[0], str(voice.sovits_path)),
+                             lambda: self._semantic(ref, voice, models)) if phones else None
+        embeddings = None
         if models.sovits.args.has_speaker:
-            sv_emb = self._cached(("sv", *ref_key[:3]), lambda: self._speaker_embedding(ref, voice, models))
-        return _Prompt(phones=phones, bert=bert, codes=codes, refer_spec=spec, sv_emb=sv_emb)
+            embeddings = [self._cached(("sv", *key), lambda r=r: self._speaker_embedding(Path(r), voice, models))
+                          for r, key in zip(voice.references, keys, strict=True)]
+        if len(specs) == 1:  # one reference: plain arrays, as the models take them
+            return _Prompt(phones=phones, bert=bert, codes=codes, refer_spec=specs[0],
+                           sv_emb=None if embeddings is None else embeddings[0])
+        return _Prompt(phones=phones, bert=bert, codes=codes, refer_spec=specs, sv_emb=embeddings)
 
     def _cached(self, key: tuple, compute: Callable[[], Any]) -> Any:
         if key in self._prompts:

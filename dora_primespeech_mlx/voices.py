@@ -15,7 +15,8 @@ Converted MLX weights are cached beside their official files (see `loading.conve
 follow this layout without a place of their own.
 
 User voices use the same entry format (`gpt_weights`, `sovits_weights`, `reference_audio`, `prompt_text`,
-`prompt_lang`, `text_lang`, `speed_factor`, `aliases`), either as `{"voices": {name: entry}}` or as a
+`prompt_lang`, `text_lang`, `speed_factor`, `aliases`, and optionally `aux_ref_audio_paths`: more clips of
+the speaker whose styles SoVITS averages with the reference's, upstream's parameter of that name), either as `{"voices": {name: entry}}` or as a
 bare `{name: entry}` mapping. Relative paths are resolved against `<model_root>/moyoyo`. They are read
 from `<model_root>/voices.json` when that file exists and from an explicit file (the node passes
 PRIMESPEECH_VOICES_FILE); a user voice with a built-in's name replaces it.
@@ -137,6 +138,12 @@ class Voice:
     prompt_lang: str
     text_lang: str
     speed: float
+    aux_ref_audios: tuple[Path, ...] = ()  # more clips of the speaker: SoVITS averages their styles
+
+    @property
+    def references(self) -> tuple[Path, ...]:
+        """The reference clip, then the auxiliary ones."""
+        return (self.ref_audio, *self.aux_ref_audios)
 
 
 def builtin_config() -> dict[str, Any]:
@@ -238,6 +245,7 @@ class VoiceRegistry:
             prompt_lang=entry.get("prompt_lang", entry.get("text_lang", "auto")),
             text_lang=entry.get("text_lang", "auto"),
             speed=float(entry.get("speed_factor", 1.0)),
+            aux_ref_audios=tuple(self.root.resolve(p) for p in entry.get("aux_ref_audio_paths", ())),
         )
 
     def entry(self, name: str) -> dict[str, Any]:
@@ -252,7 +260,7 @@ class VoiceRegistry:
     def missing_files(self, name: str) -> list[Path]:
         """Files this voice needs that are not on disk (empty when installed)."""
         voice = self.get(name)
-        needed = [voice.gpt_path, voice.sovits_path, voice.ref_audio, *self.encoder_files()]
+        needed = [voice.gpt_path, voice.sovits_path, *voice.references, *self.encoder_files()]
         return [p for p in needed if not p.is_file()]
 
     def overridden(self, name: str) -> dict[str, Path]:
@@ -298,7 +306,7 @@ class VoiceRegistry:
         base = self.get(self.default_voice)
         trained = gpt_path is not None or sovits_path is not None
         voice = replace(base, name="TRAINED" if trained else "CUSTOM", ref_audio=ref, prompt_text=prompt_text,
-                        prompt_lang=lang, text_lang=lang, speed=1.1)
+                        prompt_lang=lang, text_lang=lang, speed=1.1, aux_ref_audios=())
         if gpt_path is not None:
             voice = replace(voice, gpt_path=self._existing(gpt_path, "GPT weights"))
         if sovits_path is not None:
@@ -376,4 +384,7 @@ def _entry_problem(entry: Any) -> str | None:
         float(entry.get("speed_factor", 1.0))
     except (TypeError, ValueError):
         return "has a non-numeric speed_factor"
+    aux = entry.get("aux_ref_audio_paths", [])
+    if not isinstance(aux, list) or not all(isinstance(p, str) for p in aux):
+        return "has an aux_ref_audio_paths that is not a list of paths"
     return None

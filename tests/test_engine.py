@@ -250,6 +250,35 @@ def test_missing_reference_audio(engine, tmp_path):
         engine.synthesize("。", replace(voice, gpt_path=tmp_path / "gone.ckpt"))
 
 
+def test_auxiliary_references_reach_every_decode(engine, short_t2s, tmp_path, monkeypatch):
+    """A voice's aux_ref_audio_paths: every decode gets the reference's spectrogram and the auxiliary
+    ones (SoVITS averages their styles, as upstream), the prompt codes come from the reference alone;
+    a missing auxiliary clip is named. (Upstream parity with an auxiliary clip: test_engine_v2pro.py.)"""
+    from dataclasses import replace
+
+    from dora_primespeech_mlx.audio import prepare_reference_spectrogram
+    from dora_primespeech_mlx.models.sovits import Model
+    from primespeech_devtools.oracle.voice import SAMPLE_RATE, _write_pcm16, synthetic_reference
+
+    aux = tmp_path / "aux.wav"
+    _write_pcm16(aux, synthetic_reference(5.0, seed=7), SAMPLE_RATE)
+    voice = engine.registry.get("test")
+    specs = []
+    real = Model.decode
+    monkeypatch.setattr(Model, "decode", lambda self, codes, phones, refer_spec, **kw: specs.append(refer_spec)
+                        or real(self, codes, phones, refer_spec, **kw))
+    options = SynthesisOptions(text_lang="zh", noise_scale=0.0, seed=1)
+    single = engine.synthesize("你好。", voice, options).audio
+    both = engine.synthesize("你好。", replace(voice, aux_ref_audios=(aux,)), options).audio
+    assert isinstance(specs[0], np.ndarray) and len(specs[1]) == 2
+    np.testing.assert_array_equal(specs[1][0], specs[0])
+    np.testing.assert_allclose(specs[1][1], prepare_reference_spectrogram(aux))
+    assert short_t2s[0]["prompt"] is short_t2s[1]["prompt"]  # same cached prompt codes
+    assert single.shape == both.shape and not np.allclose(single, both, atol=1e-3)  # the styles averaged
+    with pytest.raises(PrimeSpeechError, match="reference audio not found at .*gone.wav"):
+        engine.synthesize("你好。", replace(voice, aux_ref_audios=(tmp_path / "gone.wav",)), options)
+
+
 def test_warmup_runs_every_stage(engine):
     engine.warmup(engine.registry.get("test"))
 

@@ -1,9 +1,11 @@
 """The engine with a v2ProPlus voice: text -> waveform against upstream's TTS.run flow, and the paths a
 node takes (streaming, speed, a trained voice given by its files, the speaker model missing).
 
-The voice is `oracle.voice.build_test_voice(version="v2ProPlus")`: full-size random weights in the
-official formats (the SoVITS file with its `06` header, the speaker model as upstream's plain state
-dict under moyoyo/sv/), sharing the test voice's encoders. Upstream's side computes the reference's
+The voice is `oracle.voice.build_test_voice(version="v2ProPlus", aux_refs=1)`: full-size random weights
+in the official formats (the SoVITS file with its `06` header, the speaker model as upstream's plain
+state dict under moyoyo/sv/), sharing the test voice's encoders, with one auxiliary reference clip of
+another synthetic speaker (upstream's aux_ref_audio_paths: both clips' spectrograms and embeddings
+go to every decode, whose styles SoVITS averages). Upstream's side computes the reference's
 embedding as `TTS._get_ref_spec` does (the peak-limited 32 kHz reference at 16 kHz, `compute_embedding3`),
 resampling with soxr HQ as every other step of the oracle's flow does (upstream's PyAV is not installed
 here). Greedy T2S, noise_scale 0, edge fades off: the codes of every segment identical, the waveform
@@ -25,7 +27,7 @@ pytestmark = pytest.mark.slow
 def voice_files(upstream):
     from primespeech_devtools.oracle.voice import shared_test_voice
 
-    return shared_test_voice("pro", version="v2ProPlus")
+    return shared_test_voice("pro", version="v2ProPlus", aux_refs=1)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,8 @@ def test_pipeline_matches_upstream(oracle_result, engine, monkeypatch):
         assert phones == want["phones"], want["norm_text"]
         assert codes == want["codes"], want["norm_text"]
         assert len(set(codes)) > 10  # the random voice's greedy decoding is not degenerate
-        assert sv_emb is not None and sv_emb.shape == (20480,)
+        assert len(sv_emb) == 2 and all(e.shape == (20480,) for e in sv_emb)  # reference + auxiliary
+        assert not np.allclose(sv_emb[0], sv_emb[1])
     assert audio.shape == expected.shape
     assert np.std(expected) > 0.05  # informative, not ~0
     np.testing.assert_allclose(audio, np.minimum(expected, 32767 / 32768), rtol=0, atol=ATOL)
@@ -82,6 +85,7 @@ def test_streaming_speed_and_a_trained_voice(engine, monkeypatch):
 
     chunks = []
     real = Model.decode_streaming
+    real_decode = Model.decode
 
     def spy(self, *args, **kwargs):
         chunks.append(kwargs.get("sv_emb"))
@@ -90,15 +94,19 @@ def test_streaming_speed_and_a_trained_voice(engine, monkeypatch):
     monkeypatch.setattr(Model, "decode_streaming", spy)
     synth, voice = engine
     pieces = list(synth.stream("今天天气不错。", voice, SynthesisOptions(text_lang="zh", speed=1.3, stream_chunk=12)))
-    assert len(chunks) >= 2 and all(c is not None and c.shape == (20480,) for c in chunks)
+    assert len(chunks) >= 2 and all(len(c) == 2 and c[0].shape == (20480,) for c in chunks)
     assert len(pieces) >= len(chunks) - 1 and pieces[-1].is_last
     audio = np.concatenate([p.audio for p in pieces])
     assert np.isfinite(audio).all() and 0.01 < float(np.std(audio)) and np.abs(audio).max() <= 1.0
 
     trained = synth.registry.custom(voice.ref_audio, voice.prompt_text, "zh", gpt_path=voice.gpt_path,
                                     sovits_path=voice.sovits_path)
+    assert trained.aux_ref_audios == ()  # a voice given by its files: its one clip
+    decoded = []
+    monkeypatch.setattr(Model, "decode", lambda self, *a, **k: decoded.append(k["sv_emb"]) or real_decode(self, *a, **k))
     result = synth.synthesize("再见。", trained, SynthesisOptions(text_lang="zh"))
     assert result.audio.size > 0 and np.isfinite(result.audio).all()
+    assert decoded and all(e.shape == (20480,) for e in decoded)
 
 
 def test_missing_speaker_model_names_the_download(voice_files, tmp_path):

@@ -103,6 +103,23 @@ def test_user_voices_file(tmp_path):
     assert reg.names()[-1] == "Maple" and "Me" in reg.names() and len(reg.names()) == 16
 
 
+def test_auxiliary_references(tmp_path):
+    """upstream's aux_ref_audio_paths: resolved like the reference, needed like it; none by default."""
+    aux = _touch(tmp_path / "elsewhere" / "aux.wav")
+    entry = {"gpt_weights": "a.ckpt", "sovits_weights": "a.pth", "reference_audio": "ref_audios/a.wav",
+             "prompt_text": "好。", "aux_ref_audio_paths": ["ref_audios/b.wav", str(aux)]}
+    (tmp_path / "voices.json").write_text(json.dumps({"A": entry}))
+    reg = VoiceRegistry(tmp_path)
+    voice = reg.get("A")
+    moyoyo = tmp_path / "moyoyo"
+    assert voice.aux_ref_audios == (moyoyo / "ref_audios" / "b.wav", aux)
+    assert voice.references == (moyoyo / "ref_audios" / "a.wav", moyoyo / "ref_audios" / "b.wav", aux)
+    assert moyoyo / "ref_audios" / "b.wav" in reg.missing_files("A") and aux not in reg.missing_files("A")
+    assert reg.get("Doubao").aux_ref_audios == ()
+    _touch(moyoyo / "ref_audios" / "a.wav")
+    assert reg.custom(moyoyo / "ref_audios" / "a.wav", "好。", "zh").aux_ref_audios == ()
+
+
 def test_bare_mapping_and_auto_discovered_file(tmp_path):
     entry = {"gpt_weights": "a.ckpt", "sovits_weights": "a.pth", "reference_audio": "a.wav", "prompt_text": "好。"}
     (tmp_path / "voices.json").write_text(json.dumps({"A": entry, "Broken": {"gpt_weights": "x"}}))
@@ -115,6 +132,9 @@ def test_bare_mapping_and_auto_discovered_file(tmp_path):
     (json.dumps({"voices": {"X": {"gpt_weights": "x"}}}), "voice 'X' lacks sovits_weights"),
     (json.dumps({"voices": {"X": {"gpt_weights": "a", "sovits_weights": "b", "reference_audio": "c",
                                   "prompt_text": "d", "speed_factor": "fast"}}}), "non-numeric speed_factor"),
+    (json.dumps({"voices": {"X": {"gpt_weights": "a", "sovits_weights": "b", "reference_audio": "c",
+                                  "prompt_text": "d", "aux_ref_audio_paths": "e.wav"}}}),
+     "aux_ref_audio_paths that is not a list of paths"),
     (json.dumps([1, 2]), "expected"),
 ])
 def test_explicit_user_file_errors_are_loud(tmp_path, content, match):

@@ -93,10 +93,11 @@ class TestVoiceFiles:
 def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed: int = 0,
                      max_sec: float = TEST_MAX_SEC, ref_seconds: float = 4.0,
                      prompt_text: str = TEST_PROMPT_TEXT, prompt_lang: str = "zh", text_lang: str = "zh",
-                     speed: float = 1.1, version: str = "v2") -> TestVoiceFiles:
+                     speed: float = 1.1, version: str = "v2", aux_refs: int = 0) -> TestVoiceFiles:
     """Write a complete random-weight voice `name` under `model_root` in the official layout and
     register it in `<model_root>/voices.json`. Files already there are kept (encoders are shared by
-    every test voice of a root), so calling it again is cheap."""
+    every test voice of a root), so calling it again is cheap. `aux_refs`: that many auxiliary
+    reference clips (other synthetic speakers), listed as the entry's `aux_ref_audio_paths`."""
     import_upstream()
     from primespeech_devtools.oracle import encoders, sovits, speaker, t2s
 
@@ -121,6 +122,10 @@ def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed:
     if not ref.is_file():
         ref.parent.mkdir(parents=True, exist_ok=True)
         _write_pcm16(ref, synthetic_reference(ref_seconds, seed=seed), SAMPLE_RATE)
+    aux = [moyoyo / "ref_audios" / f"{stem}_aux{i}.wav" for i in range(aux_refs)]
+    for i, path in enumerate(aux):
+        if not path.is_file():
+            _write_pcm16(path, synthetic_reference(ref_seconds + 1.5 * (i + 1), seed=seed + 10 + i), SAMPLE_RATE)
     hubert_dir = moyoyo / encoders.HUBERT_NAME
     if not (hubert_dir / "pytorch_model.bin").is_file():
         encoders.write_hubert_folder(hubert_dir, seed=seed + 2)
@@ -135,6 +140,8 @@ def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed:
         "prompt_lang": prompt_lang, "text_lang": text_lang, "speed_factor": speed,
         "about": "random weights written by primespeech_devtools.oracle.voice: it speaks noise",
     }
+    if aux:
+        data["voices"][name]["aux_ref_audio_paths"] = [str(path.relative_to(moyoyo)) for path in aux]
     voices_file.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", "utf-8")
     return TestVoiceFiles(name, root, gpt, sov, ref, voices_file)
 
@@ -340,12 +347,13 @@ class OracleTTS:
         return {"kind": "preprocess", "text": text, "lang": text_lang, "method": method}
 
     def prompt(self, ref_audio, prompt_text: str, prompt_lang: str,
-               frontend: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+               frontend: list[dict[str, Any]] | None = None, aux_refs=()) -> dict[str, Any]:
         """Prompt phones + BERT (text with a final stop added), semantic codes and reference spectrogram.
-        `frontend`: this transcript's `upstream_frontend` answer, when already computed."""
+        `frontend`: this transcript's `upstream_frontend` answer, when already computed. `aux_refs`:
+        upstream's aux_ref_audio_paths, whose spectrograms (and embeddings) join the reference's in every
+        decode (TTS.run's refer_spec list)."""
         import librosa
         import torch
-        from module.mel_processing import spectrogram_torch
 
         if frontend is None:
             frontend = self._frontend([self.prompt_request(prompt_text, prompt_lang)])[0]
@@ -357,6 +365,20 @@ class OracleTTS:
         with torch.no_grad():
             ssl = self.hubert.model(wav[None])["last_hidden_state"].transpose(1, 2)
             codes = self.vits.extract_latent(ssl)[0, 0]
+        prompt = {"phones": segment["phones"], "bert": self.bert(segment), "codes": codes}
+        references = [self.reference(path) for path in (ref_audio, *aux_refs)]
+        prompt["specs"] = [spec for spec, _ in references]
+        if self.sv is not None:
+            prompt["sv_emb"] = [emb for _, emb in references]
+        return prompt
+
+    def reference(self, ref_audio) -> tuple[Any, Any]:
+        """(spectrogram, speaker embedding or None) of a reference clip, as TTS._get_ref_spec and
+        compute_embedding3 make them."""
+        import librosa
+        import torch
+        from module.mel_processing import spectrogram_torch
+
         audio, sr = librosa.load(str(ref_audio), sr=None)
         if sr != SAMPLE_RATE:
             audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE, res_type="soxr_hq")
@@ -365,16 +387,15 @@ class OracleTTS:
         if peak > 1:
             audio /= min(2, peak)
         spec = spectrogram_torch(audio, 2048, SAMPLE_RATE, 640, 2048, center=False)
-        prompt = {"phones": segment["phones"], "bert": self.bert(segment), "codes": codes, "spec": spec}
-        if self.sv is not None:
-            # _get_ref_spec's 16 kHz copy of the peak-limited 32 kHz reference, then compute_embedding3.
-            # Upstream resamples with PyAV (torchaudio before); neither is installed here, so soxr HQ,
-            # the resampler of every other step of this flow.
-            from primespeech_devtools.oracle.speaker import embedding
+        if self.sv is None:
+            return spec, None
+        # _get_ref_spec's 16 kHz copy of the peak-limited 32 kHz reference, then compute_embedding3.
+        # Upstream resamples with PyAV (torchaudio before); neither is installed here, so soxr HQ,
+        # the resampler of every other step of this flow.
+        from primespeech_devtools.oracle.speaker import embedding
 
-            wav16k = librosa.resample(audio[0].numpy(), orig_sr=SAMPLE_RATE, target_sr=16000, res_type="soxr_hq")
-            prompt["sv_emb"] = torch.from_numpy(embedding(self.sv, wav16k))[None]
-        return prompt
+        wav16k = librosa.resample(audio[0].numpy(), orig_sr=SAMPLE_RATE, target_sr=16000, res_type="soxr_hq")
+        return spec, torch.from_numpy(embedding(self.sv, wav16k))[None]
 
     def synthesize(self, text: str, text_lang: str, prompt: dict[str, Any], *, speed: float = 1.0,
                    top_k: int = 1, top_p: float = 1.0, temperature: float = 1.0,
@@ -401,9 +422,9 @@ class OracleTTS:
                     top_k=top_k, top_p=top_p, temperature=temperature, early_stop_num=self.early_stop_num,
                     repetition_penalty=repetition_penalty))
                 pred = y[0, -idx:]  # what TTS.run keeps of the generated codes
-                sv_emb = [prompt["sv_emb"]] if "sv_emb" in prompt else None
                 audio = self.vits.decode(pred[None, None], torch.LongTensor(seg["phones"])[None],
-                                         [prompt["spec"]], noise_scale=noise_scale, speed=speed, sv_emb=sv_emb)[0, 0]
+                                         prompt["specs"], noise_scale=noise_scale, speed=speed,
+                                         sv_emb=prompt.get("sv_emb"))[0, 0]
             peak = audio.abs().max()
             if peak > 1:
                 audio = audio / peak
@@ -422,7 +443,7 @@ def run_oracle(job: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     oracle = OracleTTS(job["gpt"], job["sovits"], job["hubert"], job["roberta"], sv_path=job.get("sv"),
                        in_process_frontend=True)
-    prompt = oracle.prompt(job["ref"], job["prompt_text"], job["prompt_lang"])
+    prompt = oracle.prompt(job["ref"], job["prompt_text"], job["prompt_lang"], aux_refs=job.get("aux_refs", ()))
     load_seconds = time.perf_counter() - started
     results = []
     for case in job["cases"]:
@@ -492,6 +513,7 @@ def voice_job(files: TestVoiceFiles | None = None, **voice) -> dict[str, Any]:
     v = reg.get(files.name)
     return {"gpt": str(v.gpt_path), "sovits": str(v.sovits_path), "hubert": str(reg.hubert_dir),
             "roberta": str(reg.roberta_dir), "sv": str(reg.speaker_path), "ref": str(v.ref_audio),
+            "aux_refs": [str(p) for p in v.aux_ref_audios],
             "prompt_text": v.prompt_text,
             "prompt_lang": v.prompt_lang, **voice}
 
