@@ -31,7 +31,9 @@ $(DEV_STAMP): $(RUN_STAMP) devtools/pyproject.toml
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[test]"
 	$(PIP) install -q --no-deps gpt-sovits-cpufast==0.1.0
-	$(PIP) install -q $(ORACLE_DEPS)
+	# the oracle needs only these of upstream's requirements (no web UI, no training): without the flag pip
+	# lists every other one as an "ERROR" of its resolver, which fails nothing
+	$(PIP) install -q --no-warn-conflicts $(ORACLE_DEPS)
 	$(PIP) install -q -e devtools
 	touch $@
 
