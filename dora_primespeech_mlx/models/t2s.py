@@ -389,8 +389,8 @@ class Model(nn.Module):
 
     @property
     def compiled_decoding(self) -> bool:
-        """Whether `step` is this class's compiled MLX step, not a twin installed on the instance by
-        the CPU accelerator (which decodes from its own packed weights)."""
+        """Whether `step` is this class's compiled MLX step, not another step set on the instance
+        (which decodes from packed weights of its own, not this model's parameters)."""
         return "step" not in self.__dict__
 
     def step(self, tokens: mx.array, position: int, cache: Cache) -> mx.array:
@@ -480,8 +480,8 @@ def quantize(model: Model, bits: int, group_size: int = QUANT_GROUP) -> Model:
     if bits not in QUANT_BITS:
         raise PrimeSpeechError(f"T2S weights quantize to {' or '.join(map(str, QUANT_BITS))} bits, not {bits}")
     if not model.compiled_decoding:
-        raise PrimeSpeechError("this T2S model decodes with the CPU accelerator's packed weights, which "
-                               "cannot be quantized; quantize before the accelerator is installed")
+        raise PrimeSpeechError("this T2S model's decode step was replaced by one reading packed weights of its "
+                               "own, which cannot be quantized: quantize the model before its step is replaced")
     for layer in model.layers:
         layer.self_attn.quantize(group_size, bits)
     nn.quantize(model, group_size, bits, class_predicate=lambda path, module: isinstance(module, nn.Linear)

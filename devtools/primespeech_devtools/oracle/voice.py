@@ -114,10 +114,10 @@ def build_test_voice(model_root: str | os.PathLike, name: str = "test", *, seed:
     if not sov.is_file():
         sov.parent.mkdir(parents=True, exist_ok=True)
         net = sovits.build_upstream(version, seed=seed + 1)
-        sovits.save_official(net, sov, header=version if version in sovits.SPEAKER_VERSIONS else None)
+        sovits.save_official(net, sov, header=version if version in SPEAKER_VERSIONS else None)
         del net
     sv_file = ModelRoot(root).speaker
-    if version in sovits.SPEAKER_VERSIONS and not sv_file.is_file():
+    if version in SPEAKER_VERSIONS and not sv_file.is_file():
         speaker.write_checkpoint(sv_file, speaker.build(seed=seed + 4))
     if not ref.is_file():
         ref.parent.mkdir(parents=True, exist_ok=True)
