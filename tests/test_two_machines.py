@@ -54,6 +54,15 @@ def wait_for(condition, timeout: float, what: str, logs) -> None:
         time.sleep(0.2)
 
 
+def jsonl_line(line: str) -> str:
+    """'<time> <message>' of a line of a node's log (dora writes one JSON object per line)."""
+    try:
+        entry = json.loads(line)
+        return f"{entry['ts'][11:]} {entry['msg']}"
+    except (ValueError, KeyError, TypeError):
+        return line
+
+
 class Cluster:
     """A coordinator and one daemon per machine id, on loopback ports of their own; `close()` stops them
     (and the nodes in their process groups)."""
@@ -73,10 +82,16 @@ class Cluster:
         self.processes.append((name, process))
 
     def logs(self) -> str:
+        """The last lines of each dora process's log and of each node's (dora keeps a node's log in its
+        daemon's folder: out/<dataflow>/log_<node>.jsonl)."""
+        files = [(name, self.workdir / f"{name}.log") for name, _ in self.processes]
+        files += [(path.stem, path) for path in sorted(self.workdir.glob("*/**/out/*/log_*.jsonl"))]
         parts = []
-        for name, _ in self.processes:
-            text = (self.workdir / f"{name}.log").read_text("utf-8", errors="replace")
-            parts.append(f"--- {name} (last lines)\n" + "\n".join(text.splitlines()[-30:]))
+        for name, path in files:
+            lines = path.read_text("utf-8", errors="replace").splitlines()
+            if path.suffix == ".jsonl":  # keep the time and the message of each line
+                lines = [jsonl_line(line) for line in lines]
+            parts.append(f"--- {name} (last lines)\n" + "\n".join(line[:400] for line in lines[-30:]))
         return "\n".join(parts)
 
     def _dora(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -115,8 +130,10 @@ class Cluster:
         its output; fails the test unless the dataflow finished successfully."""
         try:
             proc = self._dora("start", str(dataflow), "--attach", timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the dataflow did not finish within {timeout:.0f} s\n{self.logs()}")
+        except subprocess.TimeoutExpired as exc:
+            attached = exc.output.decode("utf-8", "replace") if isinstance(exc.output, bytes) else exc.output or ""
+            pytest.fail(f"the dataflow did not finish within {timeout:.0f} s\n{self.logs()}\n"
+                        f"--- dora start --attach (last lines)\n{attached[-4000:]}")
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"dora start failed ({proc.returncode}):\n{output[-6000:]}\n{self.logs()}"
         return output
@@ -208,7 +225,7 @@ def test_two_machines_flow_on_the_real_engine(tmp_path, cluster_env):
     cluster = Cluster(tmp_path, env)
     try:
         cluster.start({"A": machine_a, "B": tmp_path / "b"})
-        output = cluster.run(flow, timeout=540)
+        output = cluster.run(flow, timeout=240)
     finally:
         cluster.close()
 
