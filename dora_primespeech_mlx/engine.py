@@ -39,6 +39,12 @@ SAMPLE_RATE = 32000
 MAX_SAMPLE = 32767 / 32768  # the largest value that survives upstream's int16(x * 32768)
 CANCEL_POLL_CODES = 25  # T2S steps (1 s of audio) between cancellation polls inside a batch
 MAX_BATCH_ROWS = 16  # segments decoded together at most (bounds the key/value cache: ~0.1 MB per row and position)
+# SoVITS on a GPU decodes a T2S batch's segments together: a decode there costs about the same whatever
+# its length (H100: 15-24 ms for 2 s of audio, 20-27 ms for 5 s: per call, not per sample). A pass holds
+# at most this many 50 Hz frames (rows x the longest), no more than one 10 s segment decoded alone: the
+# vocoder's activations grow with the frames. On the CPU the cost grows with the padded length: one
+# segment per pass.
+SOVITS_BATCH_FRAMES = 500
 
 
 @dataclass
@@ -267,29 +273,46 @@ class Synthesizer:
                 poll_every=CANCEL_POLL_CODES)
             t2 = time.perf_counter()
             share = {"frontend": (t1 - t0) / len(group), "t2s": (t2 - t1) / len(group)}
-            for index, codes in zip(group, generated, strict=True):
-                if index > group.start:
+            kept = [np.asarray(kept_codes(codes, models.early_stop_num, max_tokens), dtype=np.int64)
+                    for codes in generated]
+            for part in self._sovits_passes(group, kept):
+                if part.start > group.start:
                     poll()
-                segment = segments[index]
-                codes = kept_codes(codes, models.early_stop_num, max_tokens)
                 t3 = time.perf_counter()
-                audio = models.sovits.decode(np.asarray(codes, dtype=np.int64), segment.phones, prompt.refer_spec,
-                                             sv_emb=prompt.sv_emb, noise_scale=options.noise_scale, speed=speed,
-                                             seed=seeds[index - start])
-                t4 = time.perf_counter()
-                audio = finish_fragment(audio, silence, fade=int(options.edge_fade * SAMPLE_RATE))
-                timings = {"frontend": share["frontend"] + (setup if index == 0 else 0.0), "t2s": share["t2s"],
-                           "sovits": t4 - t3}
-                timings["total"] = sum(timings.values())
-                logger.debug("segment %d/%d %r: %d codes, %.2fs audio, %s", index + 1, len(segments),
-                             segment.text, len(codes), audio.shape[0] / SAMPLE_RATE, timings)
-                yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
-                             is_last=index == len(segments) - 1, text=segment.text, timings=timings,
-                             real_time_factor=_rtf(timings["total"], audio.shape[0]),
-                             dropped=dropped if index == 0 else ())
+                audios = models.sovits.decode_batch(
+                    [(kept[i - group.start], segments[i].phones) for i in part], prompt.refer_spec,
+                    sv_emb=prompt.sv_emb, noise_scale=options.noise_scale, speed=speed,
+                    seeds=[seeds[i - group.start] for i in part])
+                sovits_seconds = (time.perf_counter() - t3) / len(part)
+                for index, audio in zip(part, audios, strict=True):
+                    segment = segments[index]
+                    audio = finish_fragment(audio, silence, fade=int(options.edge_fade * SAMPLE_RATE))
+                    timings = {"frontend": share["frontend"] + (setup if index == 0 else 0.0), "t2s": share["t2s"],
+                               "sovits": sovits_seconds}
+                    timings["total"] = sum(timings.values())
+                    logger.debug("segment %d/%d %r: %d codes, %.2fs audio, %s", index + 1, len(segments),
+                                 segment.text, len(kept[index - group.start]), audio.shape[0] / SAMPLE_RATE, timings)
+                    yield Result(audio=audio, sample_rate=SAMPLE_RATE, segment_index=index,
+                                 is_last=index == len(segments) - 1, text=segment.text, timings=timings,
+                                 real_time_factor=_rtf(timings["total"], audio.shape[0]),
+                                 dropped=dropped if index == 0 else ())
             start = group.stop
             if batches == "growing":
                 size = min(2 * size, cap)
+
+    def _sovits_passes(self, group: range, codes: list[np.ndarray]) -> Iterator[range]:
+        """The SoVITS passes of a T2S batch's segments (`group`, their codes in order): consecutive
+        segments, together on a GPU up to SOVITS_BATCH_FRAMES padded frames, one by one on the CPU."""
+        first = group.start
+        while first < group.stop:
+            last, longest = first + 1, 2 * codes[first - group.start].size
+            while self.device != "cpu" and last < group.stop:
+                longest = max(longest, 2 * codes[last - group.start].size)
+                if longest * (last + 1 - first) > SOVITS_BATCH_FRAMES:
+                    break
+                last += 1
+            yield range(first, last)
+            first = last
 
     def _stream_segment(self, segment, is_last: bool, models: _VoiceModels, prompt: _Prompt,
                         options: SynthesisOptions, speed: float, silence: np.ndarray, poll: Callable[[], None],

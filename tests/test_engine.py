@@ -264,9 +264,9 @@ def test_auxiliary_references_reach_every_decode(engine, short_t2s, tmp_path, mo
     _write_pcm16(aux, synthetic_reference(5.0, seed=7), SAMPLE_RATE)
     voice = engine.registry.get("test")
     specs = []
-    real = Model.decode
-    monkeypatch.setattr(Model, "decode", lambda self, codes, phones, refer_spec, **kw: specs.append(refer_spec)
-                        or real(self, codes, phones, refer_spec, **kw))
+    real = Model.decode_batch
+    monkeypatch.setattr(Model, "decode_batch", lambda self, rows, refer_spec, **kw: specs.append(refer_spec)
+                        or real(self, rows, refer_spec, **kw))
     options = SynthesisOptions(text_lang="zh", noise_scale=0.0, seed=1)
     single = engine.synthesize("你好。", voice, options).audio
     both = engine.synthesize("你好。", replace(voice, aux_ref_audios=(aux,)), options).audio
@@ -359,3 +359,30 @@ def test_long_text_without_punctuation_fits_bert(engine):
     for segment in engine._get_pipeline().prepare(text, "zh").segments:
         for piece in (p for p in segment.pieces if p.lang == "zh"):
             assert len(tokenizer.encode(piece.norm_text).ids) == len(piece.norm_text) + 2 <= 512
+
+
+def test_sovits_passes_batch_segments_on_a_gpu(engine, short_t2s, monkeypatch):
+    """On a GPU a T2S batch's segments go through SoVITS together (up to SOVITS_BATCH_FRAMES padded
+    frames a pass), on the CPU one by one; the audio is the same either way (decode_batch is exact)."""
+    from dora_primespeech_mlx import engine as engine_module
+    from dora_primespeech_mlx.models.sovits import Model
+
+    voice = engine.registry.get("test")
+    passes = []
+    real = Model.decode_batch
+    monkeypatch.setattr(Model, "decode_batch", lambda self, rows, *a, **k: passes.append(len(rows))
+                        or real(self, rows, *a, **k))
+    options = SynthesisOptions(text_lang="zh", seed=5)
+    on_cpu = engine.synthesize(THREE_SEGMENTS, voice, options)
+    assert passes == [1, 1, 1]
+    passes.clear()
+    monkeypatch.setattr(engine, "device", "gpu")
+    on_gpu = engine.synthesize(THREE_SEGMENTS, voice, options)
+    assert passes == [3]
+    assert on_gpu.audio.shape == on_cpu.audio.shape
+    assert np.abs(on_gpu.audio - on_cpu.audio).max() <= 1e-5
+    passes.clear()
+    monkeypatch.setattr(engine_module, "SOVITS_BATCH_FRAMES", 2 * 12 * 2)  # room for two 12-code rows a pass
+    engine.synthesize(THREE_SEGMENTS, voice, options)
+    assert passes == [2, 1]
+

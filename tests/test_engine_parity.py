@@ -59,13 +59,13 @@ def test_pipeline_matches_upstream(oracle_pending, ours, monkeypatch, case):
 
     text, lang, speed = CASES[case]
     decoded = []
-    real_decode = Model.decode
+    real_decode = Model.decode_batch
 
-    def spy(self, codes, phones, *args, **kwargs):
-        decoded.append((np.asarray(codes).tolist(), list(phones)))
-        return real_decode(self, codes, phones, *args, **kwargs)
+    def spy(self, rows, *args, **kwargs):
+        decoded.extend((np.asarray(codes).tolist(), list(phones)) for codes, phones in rows)
+        return real_decode(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(Model, "decode", spy)
+    monkeypatch.setattr(Model, "decode_batch", spy)
     engine, voice = ours
     options = SynthesisOptions(text_lang=lang, speed=speed, top_k=1, noise_scale=0.0, edge_fade=0.0,
                                fragment_interval=0.07)

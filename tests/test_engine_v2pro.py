@@ -52,13 +52,13 @@ def test_pipeline_matches_upstream(oracle_result, engine, monkeypatch):
     from dora_primespeech_mlx.models.sovits import Model
 
     decoded = []
-    real_decode = Model.decode
+    real_decode = Model.decode_batch
 
-    def spy(self, codes, phones, *args, **kwargs):
-        decoded.append((np.asarray(codes).tolist(), list(phones), kwargs.get("sv_emb")))
-        return real_decode(self, codes, phones, *args, **kwargs)
+    def spy(self, rows, *args, **kwargs):
+        decoded.extend((np.asarray(codes).tolist(), list(phones), kwargs.get("sv_emb")) for codes, phones in rows)
+        return real_decode(self, rows, *args, **kwargs)
 
-    monkeypatch.setattr(Model, "decode", spy)
+    monkeypatch.setattr(Model, "decode_batch", spy)
     synth, voice = engine
     options = SynthesisOptions(text_lang="zh", speed=1.1, top_k=1, noise_scale=0.0, edge_fade=0.0)
     audio = synth.synthesize(TEXT, voice, options).audio
@@ -85,7 +85,7 @@ def test_streaming_speed_and_a_trained_voice(engine, monkeypatch):
 
     chunks = []
     real = Model.decode_streaming
-    real_decode = Model.decode
+    real_decode = Model.decode_batch
 
     def spy(self, *args, **kwargs):
         chunks.append(kwargs.get("sv_emb"))
@@ -103,7 +103,8 @@ def test_streaming_speed_and_a_trained_voice(engine, monkeypatch):
                                     sovits_path=voice.sovits_path)
     assert trained.aux_ref_audios == ()  # a voice given by its files: its one clip
     decoded = []
-    monkeypatch.setattr(Model, "decode", lambda self, *a, **k: decoded.append(k["sv_emb"]) or real_decode(self, *a, **k))
+    monkeypatch.setattr(Model, "decode_batch",
+                        lambda self, *a, **k: decoded.append(k["sv_emb"]) or real_decode(self, *a, **k))
     result = synth.synthesize("再见。", trained, SynthesisOptions(text_lang="zh"))
     assert result.audio.size > 0 and np.isfinite(result.audio).all()
     assert decoded and all(e.shape == (20480,) for e in decoded)

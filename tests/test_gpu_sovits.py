@@ -47,3 +47,17 @@ def test_gpu_decode_against_upstream_float32(case, dtype, tf32_bound):
     error = float(np.abs(out - ref).max())
     # float32 without TF32 is upstream's float32; with it, and in float16, within the measured bound
     assert error < (1e-4 if dtype == "float32" and TF32_OFF else tf32_bound), error
+
+
+@pytest.mark.parametrize("dtype,tf32_bound", [("float32", 3e-3), ("float16", 3e-3)])
+def test_gpu_decode_batch_rows_against_upstream_float32(case, dtype, tf32_bound):
+    """Rows of different lengths in one pass (the engine's SoVITS passes on a GPU): the row that is the
+    case's input decodes as upstream's decode of it alone, within the same bounds."""
+    path, codes, phones, spec, ref = case
+    rng = np.random.default_rng(1)
+    rows = [(rng.integers(0, 1024, size=40), phones[:20]), (codes, phones), (codes[:7], phones[:9])]
+    model = loading.load_model("sovits", path, dtype=dtype)
+    out = model.decode_batch(rows, spec, noise_scale=0.0)
+    assert [o.shape[0] for o in out] == [40 * 1280, ref.shape[0], 7 * 1280] and np.isfinite(out[1]).all()
+    error = float(np.abs(out[1] - ref).max())
+    assert error < (1e-4 if dtype == "float32" and TF32_OFF else tf32_bound), error

@@ -280,3 +280,75 @@ def test_decode_rejects_bad_input(models):
         model.decode([3], [1], spec, speed=0)
     with pytest.raises(PrimeSpeechError, match="no reference"):
         model.decode([3], [1], [])
+
+
+# -- decode_batch -------------------------------------------------------------------------------------
+# `Model.decode_batch`: rows of different lengths decoded in one pass, each as it decodes alone.
+#
+# Upstream decodes one row at a time in its TTS flow; its batched `SynthesizerTrn.decode` masks the
+# encoders and the flow but not the vocoder, and stretches every row to the longest row's length at a
+# speed other than 1. Ours masks the vocoder too and stretches each row by its own length, so each
+# row's waveform is the one-row decode's. Checked against upstream's one-row decode (noise 0, WAVE_TOL
+# as above) and against our own one-row decode with seeded noise (ROW_TOL: the same float32
+# arithmetic in other shapes), pure MLX (the GPU's path) and with the CPU accelerator's generator.
+
+ROW_TOL = 1e-5
+ROWS = [(9, 11), (4, 30), (20, 13), (1, 3)]  # (codes, phones) of each row: a long, a short, one code
+
+
+def _rows(model, seed: int, sizes=ROWS):
+    rows = []
+    for i, (n_codes, n_phones) in enumerate(sizes):
+        codes, phones, _ = _inputs(seed + i, n_codes, n_phones, (1,), model.args.n_symbols)
+        rows.append((codes, phones))
+    return rows, _inputs(seed, 1, 1, (53,), model.args.n_symbols)[2][0]
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("speed", [1.0, 1.25, 0.8])
+def test_rows_match_upstream_one_by_one(models, oracle, version, speed):
+    net, model = models(version, kernels=False)
+    rows, spec = _rows(model, 11)
+    batch = model.decode_batch(rows, spec, noise_scale=0.0, speed=speed)
+    assert len(batch) == len(rows)
+    for (codes, phones), ours in zip(rows, batch, strict=True):
+        ref = oracle.upstream_decode(net, codes, phones, [spec], noise_scale=0.0, speed=speed)
+        assert ours.dtype == np.float32 and ours.shape == ref.shape
+        assert np.abs(ours - ref).max() <= WAVE_TOL
+        assert 0.02 < float(ref.std()) and float(np.abs(ref).max()) < 0.999
+
+
+@pytest.mark.parametrize("kernels", [False, True], ids=["mlx", "cpu-kernels"])
+def test_rows_match_our_one_row_decode_with_noise(models, kernels):
+    _, model = models("v2", small=False, kernels=kernels)
+    rows, spec = _rows(model, 5, sizes=[(12, 9), (5, 14), (8, 8)])
+    for speed in (1.0, 1.1):
+        seeds = [3, None, 7]  # None: each row draws from MLX's global generator, in row order
+        import mlx.core as mx
+
+        mx.random.seed(42)
+        alone = [model.decode(c, p, spec, noise_scale=0.5, speed=speed, seed=s)
+                 for (c, p), s in zip(rows, seeds, strict=True)]
+        mx.random.seed(42)
+        batch = model.decode_batch(rows, spec, noise_scale=0.5, speed=speed, seeds=seeds)
+        for one, row in zip(alone, batch, strict=True):
+            assert one.shape == row.shape
+            assert np.abs(one - row).max() <= ROW_TOL
+        assert np.abs(alone[0][:1000] - alone[2][:1000]).max() > 100 * ROW_TOL  # the rows differ
+
+
+def test_one_row_is_decode(models):
+    _, model = models("v2", kernels=False)
+    rows, spec = _rows(model, 2, sizes=[(6, 5)])
+    (row,) = model.decode_batch(rows, spec, noise_scale=0.5, seeds=[4])
+    assert np.array_equal(row, model.decode(*rows[0], spec, noise_scale=0.5, seed=4))
+
+
+def test_bad_batches(models):
+    _, model = models("v2", kernels=False)
+    rows, spec = _rows(model, 3, sizes=[(3, 3), (4, 2)])
+    assert model.decode_batch([], spec) == []
+    with pytest.raises(PrimeSpeechError, match="1 seeds for 2 rows"):
+        model.decode_batch(rows, spec, seeds=[1])
+    with pytest.raises(PrimeSpeechError, match="no semantic codes"):
+        model.decode_batch([rows[0], (np.zeros(0, dtype=np.int64), rows[1][1])], spec)

@@ -197,3 +197,16 @@ def test_speaker_embedding_rules(models, tmp_path, oracle, sv):
     v2 = sovits.load_model(oracle.save_official(oracle.shared_upstream("v2"), tmp_path / "v2.pth"))
     with pytest.raises(PrimeSpeechError, match="v2 SoVITS model takes no speaker embedding"):
         v2.decode(codes, phones, specs[0], sv_emb=sv[3][0])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_decode_batch_rows_match_upstream(models, oracle, sv, version):
+    """Rows of different lengths in one pass (test_sovits_batch.py), each upstream's one-row decode."""
+    net, _, model = models(version)
+    rows = [_inputs(40 + n, n, p, (1,), model.args.n_symbols)[:2] for n, p in ((9, 7), (3, 12), (14, 5))]
+    spec = _inputs(40, 1, 1, (48,), model.args.n_symbols)[2][0]
+    batch = model.decode_batch(rows, spec, sv_emb=sv[3][0], noise_scale=0.0, speed=1.1)
+    for (codes, phones), ours in zip(rows, batch, strict=True):
+        ref = oracle.upstream_decode(net, codes, phones, [spec], sv_emb=sv[3][:1], noise_scale=0.0, speed=1.1)
+        assert ours.shape == ref.shape and np.abs(ours - ref).max() <= WAVE_TOL
+        _informative(ref)

@@ -123,12 +123,17 @@ class NativeGenerator(nn.Module):
         """Bytes of the packed weights the twin holds (besides its MLX parameters)."""
         return self._post.nbytes + sum(stage.packed_bytes() for stage in self.stages)
 
-    def __call__(self, x: mx.array, g: mx.array) -> mx.array:
-        """x [B, T, C], g [B, 1, gin] -> [B, T * prod(upsample_rates), 1], as `Generator`."""
+    def __call__(self, x: mx.array, g: mx.array, mask: mx.array | None = None) -> mx.array:
+        """x [B, T, C], g [B, 1, gin] -> [B, T * prod(upsample_rates), 1], as `Generator`; rows of
+        different lengths (mask [B, T, 1]) each run on their own frames, their tails left zero."""
         x = self.conv_pre(x) + self.cond(g)
+        lengths = [x.shape[1]] * x.shape[0] if mask is None else np.asarray(mask[..., 0].sum(axis=1)).astype(int)
         mx.eval(x)
         with self._lock:
-            return mx.stack([self._row(np.array(row)) for row in np.array(x, copy=False)])
+            rows = [self._row(np.array(row[:n])) for row, n in zip(np.array(x, copy=False), lengths, strict=True)]
+        longest = max(r.shape[0] for r in rows)
+        return mx.stack([r if r.shape[0] == longest else mx.pad(r, [(0, longest - r.shape[0]), (0, 0)])
+                         for r in rows])
 
     def _row(self, h: np.ndarray) -> mx.array:
         if h.shape[1] != self.in_width:

@@ -26,7 +26,8 @@ class WN(nn.Module):
             out = 2 * hidden_channels if i < n_layers - 1 else hidden_channels
             self.res_skip_layers.append(Conv1d(hidden_channels, out, 1))
 
-    def __call__(self, x: mx.array, g: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, g: mx.array, mask: mx.array | None = None) -> mx.array:
+        """x [B, T, hidden] (masked), g [B, 1, gin]; mask [B, T, 1] for rows of different lengths."""
         h = self.hidden_channels
         cond = self.cond_layer(g)
         output = None
@@ -36,11 +37,13 @@ class WN(nn.Module):
             rs = res_skip(acts)
             if i < self.n_layers - 1:
                 x = x + rs[..., :h]
+                if mask is not None:
+                    x = x * mask
                 skip = rs[..., h:]
             else:
                 skip = rs
             output = skip if output is None else output + skip
-        return output
+        return output if mask is None else output * mask
 
 
 class ResidualCouplingLayer(nn.Module):
@@ -54,10 +57,12 @@ class ResidualCouplingLayer(nn.Module):
         self.enc = WN(hidden_channels, kernel_size, dilation_rate, n_layers, gin_channels)
         self.post = Conv1d(hidden_channels, self.half, 1)
 
-    def reverse(self, x: mx.array, g: mx.array) -> mx.array:
+    def reverse(self, x: mx.array, g: mx.array, mask: mx.array | None = None) -> mx.array:
         x0, x1 = x[..., :self.half], x[..., self.half:]
-        m = self.post(self.enc(self.pre(x0), g))
-        return mx.concatenate([x0, x1 - m], axis=-1)
+        if mask is None:
+            return mx.concatenate([x0, x1 - self.post(self.enc(self.pre(x0), g))], axis=-1)
+        m = self.post(self.enc(self.pre(x0) * mask, g, mask)) * mask
+        return mx.concatenate([x0, (x1 - m) * mask], axis=-1)
 
 
 class ResidualCouplingBlock(nn.Module):
@@ -69,7 +74,8 @@ class ResidualCouplingBlock(nn.Module):
         self.flows = [ResidualCouplingLayer(channels, hidden_channels, kernel_size, dilation_rate, n_layers,
                                             gin_channels) for _ in range(n_flows)]
 
-    def reverse(self, x: mx.array, g: mx.array) -> mx.array:
+    def reverse(self, x: mx.array, g: mx.array, mask: mx.array | None = None) -> mx.array:
+        """x [B, T, C], g [B, 1, gin]; mask [B, T, 1] for rows of different lengths."""
         for flow in reversed(self.flows):
-            x = flow.reverse(x[..., ::-1], g)
+            x = flow.reverse(x[..., ::-1], g, mask)
         return x

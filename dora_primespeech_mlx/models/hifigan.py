@@ -22,9 +22,13 @@ class ResBlock1(nn.Module):
         self.convs2 = [Conv1d(channels, channels, kernel_size, padding=(kernel_size - 1) // 2)
                        for _ in dilations]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        """x [B, T, C] (masked); mask [B, T, 1] keeps each padded row's tail zero, as upstream's x_mask."""
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            x = x + c2(nn.leaky_relu(c1(nn.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            if mask is None:
+                x = x + c2(nn.leaky_relu(c1(nn.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            else:
+                x = (x + c2(nn.leaky_relu(c1(nn.leaky_relu(x, LRELU_SLOPE)) * mask, LRELU_SLOPE))) * mask
         return x
 
 
@@ -50,14 +54,23 @@ class Generator(nn.Module):
         self.conv_post = Conv1d(ch, 1, 7, padding=3, bias=False)
         self.post_slope = POST_SLOPE
 
-    def __call__(self, x: mx.array, g: mx.array) -> mx.array:
-        """x [B, T, C], g [B, 1, gin] -> [B, T * prod(upsample_rates), 1]."""
+    def __call__(self, x: mx.array, g: mx.array, mask: mx.array | None = None) -> mx.array:
+        """x [B, T, C], g [B, 1, gin] -> [B, T * prod(upsample_rates), 1].
+
+        Rows of different lengths (mask [B, T, 1], x masked): every convolution's input is zero past
+        its row's end, as the zero padding of the row alone, so each row's samples are what it alone
+        gives (upstream's generator has no mask: it decodes one row)."""
         x = self.conv_pre(x) + self.cond(g)
+        if mask is not None:
+            x = x * mask
         n = self.num_kernels
         for i, up in enumerate(self.ups):
             x = up(nn.leaky_relu(x, LRELU_SLOPE))
-            xs = self.resblocks[i * n](x)
+            if mask is not None:
+                mask = mx.repeat(mask, up.stride, axis=1)
+                x = x * mask
+            xs = self.resblocks[i * n](x, mask)
             for block in self.resblocks[i * n + 1:(i + 1) * n]:
-                xs = xs + block(x)
+                xs = xs + block(x, mask)
             x = xs / n
         return mx.tanh(self.conv_post(nn.leaky_relu(x, self.post_slope)))

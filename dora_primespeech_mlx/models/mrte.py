@@ -21,8 +21,15 @@ class MRTE(nn.Module):
         self.text_pre = Conv1d(content_channels, hidden_size, 1)
         self.c_post = Conv1d(hidden_size, out_channels, 1)
 
-    def __call__(self, ssl: mx.array, text: mx.array, ge: mx.array) -> mx.array:
-        """ssl [B, T, C], text [B, Tp, C], ge [B, 1, hidden]."""
-        ssl_enc = self.c_pre(ssl)
-        text_enc = self.text_pre(text)
-        return self.c_post(self.cross_attention(ssl_enc, text_enc) + ssl_enc + ge)
+    def __call__(self, ssl: mx.array, text: mx.array, ge: mx.array, ssl_mask: mx.array | None = None,
+                 text_mask: mx.array | None = None) -> mx.array:
+        """ssl [B, T, C], text [B, Tp, C], ge [B, 1, hidden]; the masks [B, T, 1] and [B, Tp, 1] for rows
+        of different lengths (both or neither)."""
+        if ssl_mask is None:
+            ssl_enc = self.c_pre(ssl)
+            return self.c_post(self.cross_attention(ssl_enc, self.text_pre(text)) + ssl_enc + ge)
+        ssl_enc = self.c_pre(ssl * ssl_mask)
+        text_enc = self.text_pre(text * text_mask)
+        key_mask = (text_mask[..., 0] > 0)[:, None, None, :]
+        x = self.cross_attention(ssl_enc * ssl_mask, text_enc * text_mask, key_mask) + ssl_enc + ge
+        return self.c_post(x * ssl_mask)

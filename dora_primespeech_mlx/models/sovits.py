@@ -3,9 +3,11 @@ reference spectrogram (+ for v2Pro/v2ProPlus the reference's speaker embedding) 
 `Model.decode_streaming`; `sola.py` joins the chunks), and HuBERT features -> semantic codes
 (`Model.extract_latent`).
 
-Mirrors upstream `SynthesizerTrn.decode` / `extract_latent` at batch 1 with unpadded inputs, so
-upstream's all-ones masks are left out. Tensors are channels-last inside; the public methods take
-and return numpy arrays in upstream's orientation.
+Mirrors upstream `SynthesizerTrn.decode` / `extract_latent`. One row runs unpadded, so upstream's
+all-ones masks are left out; `decode_batch` decodes rows of different lengths together (one pass
+of the models instead of one per row, for a GPU, where a decode costs about the same at any length),
+with upstream's masks, each row as it would decode alone. Tensors
+are channels-last inside; the public methods take and return numpy arrays in upstream's orientation.
 
 v2Pro/v2ProPlus add a speaker-verification path: the reference clip's ERes2NetV2 embedding
 (`models/speaker.py`, 20480 wide) goes through `sv_emb` into the style vector, then a PReLU; the
@@ -122,11 +124,13 @@ class TextEncoder(nn.Module):
         self.encoder2 = Encoder(h, args.filter_channels, args.n_heads, args.n_layers // 2, args.kernel_size)
         self.proj = Conv1d(h, 2 * args.inter_channels, 1)
 
-    def encode_ssl(self, y: mx.array) -> mx.array:
-        return self.encoder_ssl(self.ssl_proj(y))
+    def encode_ssl(self, y: mx.array, mask: mx.array | None = None) -> mx.array:
+        if mask is None:
+            return self.encoder_ssl(self.ssl_proj(y))
+        return self.encoder_ssl(self.ssl_proj(y * mask) * mask, mask)
 
-    def encode_text(self, phones: mx.array) -> mx.array:
-        return self.encoder_text(self.text_embedding(phones))
+    def encode_text(self, phones: mx.array, mask: mx.array | None = None) -> mx.array:
+        return self.encoder_text(self.text_embedding(phones), mask)
 
     def __call__(self, y: mx.array, phones: mx.array, ge: mx.array, speed: float) -> tuple[mx.array, mx.array]:
         m_p, logs_p, _ = self.prior(self.encode_ssl(y), self.encode_text(phones), ge, speed)
@@ -155,6 +159,32 @@ class TextEncoder(nn.Module):
             y = _interpolate_linear(y, int(y.shape[1] / speed) + 1)
         stats = self.proj(y)
         return stats[..., :self.out_channels], stats[..., self.out_channels:], latent
+
+    def prior_rows(self, y: mx.array, y_mask: mx.array, text: mx.array, text_mask: mx.array, ge: mx.array,
+                   speed: float, frames: list[int]) -> tuple[mx.array, mx.array, mx.array, list[int]]:
+        """`prior` of rows of different lengths (SSL frames `frames`, masks [B, T, 1]): (m_p, logs_p,
+        their mask, each row's frames). At a speed other than 1 each row is stretched to the length it
+        alone would get (upstream stretches a batch to its longest row's)."""
+        y = self.encoder2(self.mrte(y, text, ge, y_mask, text_mask) * y_mask, y_mask)
+        if speed != 1:
+            stretched = [int(n / speed) + 1 for n in frames]
+            y = _padded_rows([_interpolate_linear(y[i:i + 1, :n], m)[0]
+                              for i, (n, m) in enumerate(zip(frames, stretched, strict=True))])
+            frames, y_mask = stretched, _row_mask(stretched, y_mask.dtype)
+        stats = self.proj(y) * y_mask
+        return stats[..., :self.out_channels], stats[..., self.out_channels:], y_mask, frames
+
+
+def _row_mask(lengths: list[int], dtype=mx.float32) -> mx.array:
+    """[B, max(lengths), 1]: 1 on each row's first lengths[i] frames, 0 after."""
+    valid = np.arange(max(lengths))[None, :] < np.asarray(lengths)[:, None]
+    return mx.array(valid[..., None]).astype(dtype)
+
+
+def _padded_rows(rows: list[mx.array]) -> mx.array:
+    """Rows [T_i, ...] zero-padded at the end to the longest and stacked: [B, max T_i, ...]."""
+    longest = max(r.shape[0] for r in rows)
+    return mx.stack([mx.pad(r, [(0, longest - r.shape[0])] + [(0, 0)] * (r.ndim - 1)) for r in rows])
 
 
 def _cross_fade_latent(y: mx.array, overlap: mx.array) -> mx.array:
@@ -289,9 +319,24 @@ class Model(nn.Module):
         `phones` [Tp] (not the prompt's), in the voice of `refer_spec` ([1025, frames] or a list,
         whose style vectors are averaged). v2Pro/v2ProPlus need `sv_emb`, the reference's speaker
         embedding ([sv_dim], or a list matching a list of spectrograms); v1/v2 take none."""
-        codes, phones = self._check_inputs(codes, phones, speed)
-        audio, _ = self._synthesize(codes, phones, refer_spec, sv_emb, noise_scale, speed, seed)
-        return np.array(audio, dtype=np.float32)
+        return self.decode_batch([(codes, phones)], refer_spec, sv_emb=sv_emb, noise_scale=noise_scale,
+                                 speed=speed, seeds=[seed])[0]
+
+    def decode_batch(self, rows, refer_spec, *, sv_emb=None, noise_scale: float = 0.5, speed: float = 1.0,
+                     seeds=None) -> list[np.ndarray]:
+        """`decode` of several rows `[(codes, phones), ...]` in one pass, in the same voice and at the
+        same speed: one waveform per row, each what `decode` gives for it alone with its seed
+        (`seeds`, one per row or None), up to float rounding."""
+        rows = [self._check_inputs(codes, phones, speed) for codes, phones in rows]
+        if not rows:
+            return []
+        seeds = [None] * len(rows) if seeds is None else list(seeds)
+        if len(seeds) != len(rows):
+            raise PrimeSpeechError(f"{len(seeds)} seeds for {len(rows)} rows: give one per row (or none)")
+        if len(rows) == 1:
+            audio, _ = self._synthesize(*rows[0], refer_spec, sv_emb, noise_scale, speed, seeds[0])
+            return [np.array(audio, dtype=np.float32)]
+        return self._synthesize_rows(rows, refer_spec, sv_emb, noise_scale, speed, seeds)
 
     def decode_streaming(self, codes, phones, refer_spec, *, sv_emb=None, noise_scale: float = 0.5,
                          speed: float = 1.0,
@@ -352,6 +397,32 @@ class Model(nn.Module):
             z_p = m_p
         z = self.flow.reverse(z_p, ge)
         return self.dec(z, ge).reshape(-1), latent
+
+    def _synthesize_rows(self, rows: list[tuple[np.ndarray, np.ndarray]], refer_spec, sv_emb, noise_scale: float,
+                         speed: float, seeds: list[int | None]) -> list[np.ndarray]:
+        """`_synthesize` of rows of different lengths, padded and masked as upstream's batched
+        `SynthesizerTrn.decode`; each row's noise drawn as it alone would draw it."""
+        ge, ge_text = self.style_embedding(refer_spec, sv_emb)
+        dtype = self.quantizer.embed.dtype
+        text_mask = _row_mask([p.size for _, p in rows], dtype)
+        text = self.enc_p.encode_text(_padded_rows([mx.array(p) for _, p in rows]), text_mask)
+        frames = [2 * c.size for c, _ in rows]  # 25 Hz codes -> 50 Hz frames
+        y_mask = _row_mask(frames, dtype)
+        quantized = _padded_rows([mx.repeat(self.quantizer.embed[mx.array(c)], 2, axis=0) for c, _ in rows])
+        m_p, logs_p, y_mask, frames = self.enc_p.prior_rows(self.enc_p.encode_ssl(quantized, y_mask), y_mask,
+                                                            text, text_mask, ge_text, speed, frames)
+        if noise_scale:
+            noise = _padded_rows([mx.random.normal((1, n, m_p.shape[-1]),
+                                                   key=None if seed is None else mx.random.key(seed))[0]
+                                  for n, seed in zip(frames, seeds, strict=True)])
+            z_p = (m_p + noise * mx.exp(logs_p) * noise_scale) * y_mask
+        else:
+            z_p = m_p
+        z = self.flow.reverse(z_p, ge, y_mask)
+        audio = self.dec(z * y_mask, ge, y_mask)[..., 0]
+        mx.eval(audio)
+        per_frame = audio.shape[1] // y_mask.shape[1]
+        return [np.array(audio[i, :n * per_frame], dtype=np.float32) for i, n in enumerate(frames)]
 
     def _check_inputs(self, codes, phones, speed: float) -> tuple[np.ndarray, np.ndarray]:
         codes = self._ids(codes, self.args.codebook_size, "semantic codes")

@@ -1,7 +1,8 @@
 """VITS transformer pieces (channels-last): windowed relative-position self-attention encoder,
 plain multi-head attention (used by MRTE), convolutional FFN and channel LayerNorm.
 
-Inputs are single, unpadded sequences, so upstream's all-ones masks are left out.
+Masks are upstream's, channels-last ([B, T, 1], 1 on a row's valid frames, 0 on its padding), for
+rows of different lengths decoded together; None for a single unpadded row, whose masks are all ones.
 """
 
 from __future__ import annotations
@@ -57,7 +58,9 @@ class MultiHeadAttention(nn.Module):
         b, t, _ = x.shape
         return x.reshape(b, t, self.n_heads, self.k_channels).transpose(0, 2, 1, 3)
 
-    def __call__(self, x: mx.array, c: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, c: mx.array, key_mask: mx.array | None = None) -> mx.array:
+        """x [B, Tq, C] attends over c [B, Tk, C]; key_mask [B, 1, 1, Tk] (bool) hides padded keys
+        (upstream fills their scores with -1e4, after the relative-position term)."""
         b, t_q, _ = x.shape
         q = self._heads(self.conv_q(x)) / math.sqrt(self.k_channels)
         k = self._heads(self.conv_k(c))
@@ -68,6 +71,8 @@ class MultiHeadAttention(nn.Module):
             rel = q @ self.emb_rel_k[0].T  # [B, H, T, 2w+1]: q_i . E_k[r]
             scores = scores + mx.where(inside, mx.take_along_axis(rel, mx.broadcast_to(
                 index, rel.shape[:2] + index.shape), axis=-1), 0.0)
+        if key_mask is not None:
+            scores = mx.where(key_mask, scores, mx.array(-1e4, scores.dtype))
         p = mx.softmax(scores, axis=-1, precise=True)
         out = p @ v
         if self.window_size is not None:
@@ -93,8 +98,10 @@ class FFN(nn.Module):
         self.conv_1 = Conv1d(channels, filter_channels, kernel_size, padding=pad)
         self.conv_2 = Conv1d(filter_channels, channels, kernel_size, padding=pad)
 
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.conv_2(nn.relu(self.conv_1(x)))
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        if mask is None:
+            return self.conv_2(nn.relu(self.conv_1(x)))
+        return self.conv_2(nn.relu(self.conv_1(x * mask)) * mask) * mask
 
 
 class Encoder(nn.Module):
@@ -109,9 +116,14 @@ class Encoder(nn.Module):
         self.ffn_layers = [FFN(hidden_channels, filter_channels, kernel_size) for _ in range(n_layers)]
         self.norm_layers_2 = [ChannelNorm(hidden_channels) for _ in range(n_layers)]
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, mask: mx.array | None = None) -> mx.array:
+        """x [B, T, C]; mask [B, T, 1] or None (see the module docstring)."""
+        key_mask = None
+        if mask is not None:
+            key_mask = (mask[..., 0] > 0)[:, None, None, :]
+            x = x * mask
         for attn, norm1, ffn, norm2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers,
                                            self.norm_layers_2, strict=True):
-            x = norm1(x + attn(x, x))
-            x = norm2(x + ffn(x))
-        return x
+            x = norm1(x + attn(x, x, key_mask))
+            x = norm2(x + ffn(x, mask))
+        return x if mask is None else x * mask

@@ -11,6 +11,10 @@ are compared. v2Pro/v2ProPlus decode with a random speaker embedding of a real o
 speaker model's own cost, once per reference clip, is not part of a decode). Figures are seconds of
 compute per second of audio (real-time factor, lower is faster): the median and the best of the
 repeats.
+
+`--rows N`: N segments of `--codes` codes each (other random codes and phones per row), as the
+engine's SoVITS passes on a GPU: ours decodes them in one `decode_batch`, upstream one by one as its
+TTS flow does (its time for the N rows is N times its one-row time, measured on the first row).
 """
 
 from __future__ import annotations
@@ -35,21 +39,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--phones", type=int, default=60, help="target phones per decode")
     parser.add_argument("--ref-frames", type=int, default=250, help="reference spectrogram frames (50 per s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed decodes of each side (after a warm-up)")
+    parser.add_argument("--rows", type=int, default=1, help="segments decoded together by ours (see above)")
     parser.add_argument("--version", choices=("v1", "v2", "v2Pro", "v2ProPlus"), default="v2")
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)  # gpu: upstream on torch-CUDA (TF32 off); dtype auto = float32, as the engine's
 
 
-def _time_ours(model, codes, phones, spec, sv, repeats: int) -> list[float]:
-    """Seconds of each timed decode (noise 0.5), after a warm-up and a pause."""
-    model.decode(codes, phones, spec, sv_emb=sv, noise_scale=0.5, seed=1)  # warm-up
+def _time_ours(model, rows, spec, sv, repeats: int) -> tuple[list[float], float]:
+    """(seconds of each timed decode of `rows` [(codes, phones)] in one pass (noise 0.5), after a
+    warm-up and a pause; MLX's peak memory above the model's during the warm-up, MB)."""
+    import mlx.core as mx
+
+    seeds = list(range(1, len(rows) + 1))
+    mx.synchronize()
+    loaded = mx.get_active_memory()
+    mx.reset_peak_memory()
+    model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds)  # warm-up
+    peak = (mx.get_peak_memory() - loaded) / 2**20
     time.sleep(1.0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.decode(codes, phones, spec, sv_emb=sv, noise_scale=0.5, seed=1)
+        model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds)
         times.append(time.perf_counter() - start)
-    return times
+    return times, peak
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -67,6 +80,10 @@ def run(args: argparse.Namespace) -> dict:
     codes = rng.integers(0, 1024, size=args.codes)
     phones = rng.integers(0, n_symbols, size=args.phones)
     spec = np.abs(rng.standard_normal((1025, args.ref_frames))).astype(np.float32)
+    if args.rows < 1:
+        raise SystemExit("--rows must be at least 1")
+    rows = [(codes, phones)] + [(rng.integers(0, 1024, size=args.codes), rng.integers(0, n_symbols, size=args.phones))
+                                for _ in range(args.rows - 1)]
     speaker = args.version in sovits.SPEAKER_VERSIONS
     # a speaker embedding of a real one's scale (std ~10), for v2Pro/v2ProPlus
     sv = (10 * rng.standard_normal(sovits.SPEAKER_EMBEDDING)).astype(np.float32) if speaker else None
@@ -81,18 +98,20 @@ def run(args: argparse.Namespace) -> dict:
             folder = random_model_folder("sovits", Path(tmp) / "sovits",
                                          {"version": args.version, "n_symbols": n_symbols}, seed=args.seed)
             model = loading.load_model("sovits", folder, dtype=dtype)
-        ours_times = _time_ours(model, codes, phones, spec, sv, args.repeats)
-        seconds = len(model.decode(codes, phones, spec, noise_scale=0.0)) / model.args.sampling_rate
+        ours_times, peak = _time_ours(model, rows, spec, sv, args.repeats)
+        seconds = args.rows * len(model.decode(codes, phones, spec, noise_scale=0.0)) / model.args.sampling_rate
         return {
             "note": note,
             "benchmark": "sovits decode",
             "version": args.version,
+            "rows": args.rows,
             "codes": args.codes,
             "phones": args.phones,
             "audio_seconds": round(seconds, 3),
             "ours_rtf": round(statistics.median(ours_times) / seconds, 4),
             "ours_best_rtf": round(min(ours_times) / seconds, 4),
             "ours_seconds": [round(t, 4) for t in ours_times],
+            "ours_peak_memory_mb": round(peak, 1),  # MLX's, above the loaded model, during a decode
             "machine": {
                 "platform": platform.platform(),
                 "processor": platform.processor() or platform.machine(),
@@ -125,15 +144,16 @@ def run(args: argparse.Namespace) -> dict:
         model = loading.load_model("sovits", oracle.save_official(net, tmp / "bench.pth"), dtype=dtype)
         del net
 
-    ours_times = _time_ours(model, codes, phones, spec, sv, args.repeats)
-    check = model.decode(codes, phones, spec, sv_emb=sv, noise_scale=0.0)
-    seconds = len(reference) / model.args.sampling_rate
-    up_times = upstream["seconds"]
+    ours_times, peak = _time_ours(model, rows, spec, sv, args.repeats)
+    check = model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.0)[0]
+    seconds = args.rows * len(reference) / model.args.sampling_rate
+    up_times = [args.rows * t for t in upstream["seconds"]]  # one by one, as upstream's TTS flow decodes
     rtf_ours = statistics.median(ours_times) / seconds
     rtf_up = statistics.median(up_times) / seconds
     return {
         "benchmark": "sovits decode",
         "version": args.version,
+        "rows": args.rows,
         "codes": args.codes,
         "phones": args.phones,
         "audio_seconds": round(seconds, 3),
@@ -144,6 +164,7 @@ def run(args: argparse.Namespace) -> dict:
         "upstream_best_rtf": round(min(up_times) / seconds, 4),
         "ours_seconds": [round(t, 4) for t in ours_times],
         "upstream_seconds": [round(t, 4) for t in up_times],
+        "ours_peak_memory_mb": round(peak, 1),  # MLX's, above the loaded model, during a decode
         "max_abs_diff_noise0": float(np.abs(check - reference).max()),
         "machine": {
             "platform": platform.platform(),
