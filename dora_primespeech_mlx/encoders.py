@@ -85,6 +85,13 @@ class MLXEncoders:
         """waveform at 16 kHz ([N] or [1, N], numpy or MLX) -> last hidden state [1, T, 768] (MLX)."""
         return self._mlx_model("hubert")
 
+    def release(self, kind: str) -> None:
+        """Drop the loaded MLX model of `kind` (loaded again on its next use) and return its memory."""
+        if self._mlx.pop(kind, None) is not None:
+            import mlx.core as mx
+
+            mx.clear_cache()
+
     def roberta_model(self) -> Callable[..., Any]:
         """token ids ([L] or [1, L]) -> hidden_states[-3] [1, L, 1024] (MLX)."""
         return self._mlx_model("roberta")

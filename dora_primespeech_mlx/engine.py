@@ -453,7 +453,11 @@ class Synthesizer:
 
         def compute() -> np.ndarray:
             started = time.perf_counter()
-            codes = prompt_semantic(self.encoders.hubert_model(), models.sovits, ref)
+            try:
+                codes = prompt_semantic(self.encoders.hubert_model(), models.sovits, ref)
+            finally:
+                # HuBERT runs once per reference clip, whose codes stay cached: not kept loaded (~200 MB)
+                self.encoders.release("hubert")
             logger.info("reference %s: %d prompt codes in %.2fs", ref.name, len(codes), time.perf_counter() - started)
             return codes
 

@@ -386,3 +386,19 @@ def test_sovits_passes_batch_segments_on_a_gpu(engine, short_t2s, monkeypatch):
     engine.synthesize(THREE_SEGMENTS, voice, options)
     assert passes == [2, 1]
 
+
+def test_hubert_is_not_kept_loaded(engine, short_t2s, tmp_path, caplog):
+    """HuBERT runs once per reference clip (the codes stay cached, in memory and on disk): released after
+    each use, loaded again for a new clip."""
+    from primespeech_devtools.oracle.voice import SAMPLE_RATE, _write_pcm16, synthetic_reference
+
+    voice = engine.registry.get("test")
+    assert "hubert" not in engine.encoders._mlx  # the test voice's codes were computed at load
+    clip = tmp_path / "new.wav"
+    _write_pcm16(clip, synthetic_reference(4.0, seed=11), SAMPLE_RATE)
+    custom = engine.registry.custom(clip, voice.prompt_text, "zh", gpt_path=voice.gpt_path,
+                                    sovits_path=voice.sovits_path)
+    with caplog.at_level("INFO", logger="dora_primespeech_mlx.engine"):
+        assert engine.synthesize("你好。", custom, SynthesisOptions(text_lang="zh")).audio.size > 0
+    assert any("new.wav" in r.getMessage() and "prompt codes" in r.getMessage() for r in caplog.records)
+    assert "hubert" not in engine.encoders._mlx
