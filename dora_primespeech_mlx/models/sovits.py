@@ -6,8 +6,8 @@ reference spectrogram (+ for v2Pro/v2ProPlus the reference's speaker embedding) 
 Mirrors upstream `SynthesizerTrn.decode` / `extract_latent`. One row runs unpadded, so upstream's
 all-ones masks are left out; `decode_batch` decodes rows of different lengths together (one pass
 of the models instead of one per row, for a GPU, where a decode costs about the same at any length),
-with upstream's masks, each row as it would decode alone. Tensors
-are channels-last inside; the public methods take and return numpy arrays in upstream's orientation.
+with upstream's masks, each row as it would decode alone. Tensors are channels-last inside; the
+public methods take and return numpy arrays in upstream's orientation.
 
 v2Pro/v2ProPlus add a speaker-verification path: the reference clip's ERes2NetV2 embedding
 (`models/speaker.py`, 20480 wide) goes through `sv_emb` into the style vector, then a PReLU; the
