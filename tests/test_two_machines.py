@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -127,13 +128,14 @@ class Cluster:
 
     def run(self, dataflow: Path, timeout: float) -> str:
         """`dora start --attach` of `dataflow` (its `${...}` filled in from this cluster's environment):
-        its output; fails the test unless the dataflow finished successfully."""
+        its output; fails the test unless the dataflow finished successfully, raises DataflowHang
+        (with every log's last lines) when it did not finish within `timeout` seconds."""
         try:
             proc = self._dora("start", str(dataflow), "--attach", timeout=timeout)
         except subprocess.TimeoutExpired as exc:
             attached = exc.output.decode("utf-8", "replace") if isinstance(exc.output, bytes) else exc.output or ""
-            pytest.fail(f"the dataflow did not finish within {timeout:.0f} s\n{self.logs()}\n"
-                        f"--- dora start --attach (last lines)\n{attached[-4000:]}")
+            raise DataflowHang(f"the dataflow did not finish within {timeout:.0f} s\n{self.logs()}\n"
+                               f"--- dora start --attach (last lines)\n{attached[-4000:]}") from None
         output = proc.stdout + proc.stderr
         assert proc.returncode == 0, f"dora start failed ({proc.returncode}):\n{output[-6000:]}\n{self.logs()}"
         return output
@@ -159,6 +161,41 @@ class Cluster:
             log.close()
 
 
+class DataflowHang(Exception):
+    """A dataflow that did not finish in time; the message holds the logs."""
+
+
+def run_on_two_machines(workdir: Path, env: dict[str, str], machine_a_folder, timeout: float
+                        ) -> tuple[str, Path, Cluster]:
+    """Start a cluster (machines A and B) under `workdir` and run the dataflow that
+    `machine_a_folder(folder)` writes into A's folder: (`dora start --attach`'s output, the folder
+    given as OUTPUT_DIR, the closed cluster).
+
+    A dataflow that does not finish is run once more on a fresh cluster, the first run's logs given
+    as a warning: dora 1.1 loses a message between daemons now and then (dora-rs/dora#2144 reports one
+    such race), and a lost text or answer leaves the segmenter waiting for good. CI saw one such hang in
+    about 40 runs (the cause not shown then: only dora's own logs were printed). A second hang fails."""
+    for attempt in (1, 2):
+        root = workdir / f"run{attempt}"
+        machine_a = root / "a"  # machine A's daemon runs in the dataflow's folder, which holds nodes/
+        machine_a.mkdir(parents=True)
+        flow = machine_a_folder(machine_a)
+        out = root / "out"
+        cluster = Cluster(root, dict(env, OUTPUT_DIR=str(out)))
+        try:
+            cluster.start({"A": machine_a, "B": root / "b"})
+            output = cluster.run(flow, timeout=timeout)
+        except DataflowHang as hang:
+            if attempt == 2:
+                pytest.fail(f"twice: {hang}")
+            warnings.warn(f"two-machine dataflow, first run: {hang}", stacklevel=2)
+            continue
+        finally:
+            cluster.close()
+        return output, out, cluster
+    raise AssertionError("unreachable")
+
+
 @pytest.fixture
 def cluster_env() -> dict[str, str]:
     env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
@@ -169,18 +206,9 @@ def cluster_env() -> dict[str, str]:
 
 
 def test_two_machines_flow_places_the_tts_nodes_on_b(tmp_path, cluster_env):
-    machine_a = tmp_path / "a"  # machine A's daemon runs in the dataflow's folder, which holds nodes/
-    machine_a.mkdir()
-    flow = with_stub_tts(FLOW, machine_a)
-    out = tmp_path / "out"
     env = dict(cluster_env, SCRIPT="tutor: 第一句。\\nstudent: 第二句！\\ntutor: Third text.",
-               OUTPUT_DIR=str(out), NAME="classroom", STUDENT_VOICE="Luo Xiang", TUTOR_VOICE="Doubao")
-    cluster = Cluster(tmp_path, env)
-    try:
-        cluster.start({"A": machine_a, "B": tmp_path / "b"})
-        output = cluster.run(flow, timeout=240)
-    finally:
-        cluster.close()
+               NAME="classroom", STUDENT_VOICE="Luo Xiang", TUTOR_VOICE="Doubao")
+    output, out, cluster = run_on_two_machines(tmp_path, env, lambda a: with_stub_tts(FLOW, a), timeout=120)
 
     for node, machine in (("multi-text-segmenter", "A"), ("mofa-audio-player", "A"),
                           ("primespeech-student", "B"), ("primespeech-tutor", "B")):
@@ -214,20 +242,16 @@ def test_two_machines_flow_on_the_real_engine(tmp_path, cluster_env):
 
     voices = tmp_path / "voices"
     write_small_voice(voices, "testa", seed=0, encoders=True)
-    machine_a = tmp_path / "a"
-    machine_a.mkdir()
-    flow = machine_a / FLOW.name
-    flow.write_text(FLOW.read_text("utf-8"), "utf-8")
-    (machine_a / "nodes").symlink_to(FLOW.parent / "nodes")
-    out = tmp_path / "out"
-    env = dict(cluster_env, SCRIPT="tutor: 你好。\\nstudent: 再见。", OUTPUT_DIR=str(out), NAME="engine",
-               STUDENT_VOICE="testa", TUTOR_VOICE="testa", PRIMESPEECH_MODEL_DIR=str(voices), TEXT_LANG="zh")
-    cluster = Cluster(tmp_path, env)
-    try:
-        cluster.start({"A": machine_a, "B": tmp_path / "b"})
-        output = cluster.run(flow, timeout=240)
-    finally:
-        cluster.close()
+
+    def machine_a_folder(machine_a: Path) -> Path:
+        flow = machine_a / FLOW.name
+        flow.write_text(FLOW.read_text("utf-8"), "utf-8")
+        (machine_a / "nodes").symlink_to(FLOW.parent / "nodes")
+        return flow
+
+    env = dict(cluster_env, SCRIPT="tutor: 你好。\\nstudent: 再见。", NAME="engine", STUDENT_VOICE="testa",
+               TUTOR_VOICE="testa", PRIMESPEECH_MODEL_DIR=str(voices), TEXT_LANG="zh")
+    output, out, _ = run_on_two_machines(tmp_path, env, machine_a_folder, timeout=150)
 
     assert re.search(r"primespeech-tutor on daemon `B`", output)
     data = summary(out / "engine.json")
