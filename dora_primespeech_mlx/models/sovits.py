@@ -333,10 +333,9 @@ class Model(nn.Module):
         seeds = [None] * len(rows) if seeds is None else list(seeds)
         if len(seeds) != len(rows):
             raise PrimeSpeechError(f"{len(seeds)} seeds for {len(rows)} rows: give one per row (or none)")
-        if len(rows) == 1:
-            audio, _ = self._synthesize(*rows[0], refer_spec, sv_emb, noise_scale, speed, seeds[0])
-            return [np.array(audio, dtype=np.float32)]
-        return self._synthesize_rows(rows, refer_spec, sv_emb, noise_scale, speed, seeds)
+        audios, _ = self._synthesize(rows, refer_spec, sv_emb, noise_scale, speed, seeds)
+        mx.eval(audios)
+        return [np.array(audio, dtype=np.float32) for audio in audios]
 
     def decode_streaming(self, codes, phones, refer_spec, *, sv_emb=None, noise_scale: float = 0.5,
                          speed: float = 1.0,
@@ -374,55 +373,51 @@ class Model(nn.Module):
                     f"overlap_frames must be a latent tail [{self.args.hidden_channels}, frames <= {kept}] "
                     f"from the previous decode_streaming call, got {overlap.shape}")
             overlap = mx.array(overlap.T)
-        audio, latent = self._synthesize(codes, phones, refer_spec, sv_emb, noise_scale, speed, seed,
-                                         padding_frames=padding_frames, result_frames=result_frames,
-                                         overlap=overlap)
+        (audio,), latent = self._synthesize([(codes, phones)], refer_spec, sv_emb, noise_scale, speed, [seed],
+                                            padding_frames=padding_frames, result_frames=result_frames,
+                                            overlap=overlap)
         mx.eval(audio, latent)
         latent = np.array(latent[0].T, dtype=np.float32)
         return np.array(audio, dtype=np.float32), latent, np.ones(latent.shape[1], dtype=np.float32)
 
-    def _synthesize(self, codes: np.ndarray, phones: np.ndarray, refer_spec, sv_emb, noise_scale: float,
-                    speed: float, seed: int | None, **prior_args) -> tuple[mx.array, mx.array]:
-        """Lazy (waveform [N], latent [1, T, C]) for `decode` and `decode_streaming`; `prior_args`
-        go to `TextEncoder.prior`."""
+    def _synthesize(self, rows: list[tuple[np.ndarray, np.ndarray]], refer_spec, sv_emb, noise_scale: float,
+                    speed: float, seeds: list[int | None], **prior_args) -> tuple[list[mx.array], mx.array | None]:
+        """Lazy (each row's waveform [N_i], the latent [1, T, C] of a single row, else None) for
+        `decode_batch` and `decode_streaming`. One row runs unpadded, without masks, and `prior_args` go
+        to `TextEncoder.prior`; rows of different lengths are padded and masked as upstream's batched
+        `SynthesizerTrn.decode`. Each row's noise is drawn as it alone would draw it."""
         ge, ge_text = self.style_embedding(refer_spec, sv_emb)
-        text = self.enc_p.encode_text(mx.array(phones)[None])
-        quantized = mx.repeat(self.quantizer.embed[mx.array(codes)], 2, axis=0)[None]  # 25 Hz -> 50 Hz
-        m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized), text, ge_text, speed,
-                                               **prior_args)
+        phones = [mx.array(p) for _, p in rows]
+        quantized = [mx.repeat(self.quantizer.embed[mx.array(c)], 2, axis=0) for c, _ in rows]  # 25 -> 50 Hz
+        if len(rows) == 1:
+            y_mask = None
+            text = self.enc_p.encode_text(phones[0][None])
+            m_p, logs_p, latent = self.enc_p.prior(self.enc_p.encode_ssl(quantized[0][None]), text, ge_text, speed,
+                                                   **prior_args)
+            frames = [m_p.shape[1]]
+        else:
+            dtype = self.quantizer.embed.dtype
+            text_mask = _row_mask([p.size for p in phones], dtype)
+            text = self.enc_p.encode_text(_padded_rows(phones), text_mask)
+            frames = [q.shape[0] for q in quantized]
+            y_mask = _row_mask(frames, dtype)
+            m_p, logs_p, y_mask, frames = self.enc_p.prior_rows(
+                self.enc_p.encode_ssl(_padded_rows(quantized), y_mask), y_mask, text, text_mask, ge_text, speed,
+                frames)
+            latent = None
         if noise_scale:
-            key = mx.random.key(seed) if seed is not None else None
-            z_p = m_p + mx.random.normal(m_p.shape, key=key) * mx.exp(logs_p) * noise_scale
+            noise = [mx.random.normal((1, n, m_p.shape[-1]), key=None if seed is None else mx.random.key(seed))
+                     for n, seed in zip(frames, seeds, strict=True)]
+            z_p = m_p + (noise[0] if y_mask is None else _padded_rows([n[0] for n in noise])) \
+                * mx.exp(logs_p) * noise_scale
         else:
             z_p = m_p
-        z = self.flow.reverse(z_p, ge)
-        return self.dec(z, ge).reshape(-1), latent
-
-    def _synthesize_rows(self, rows: list[tuple[np.ndarray, np.ndarray]], refer_spec, sv_emb, noise_scale: float,
-                         speed: float, seeds: list[int | None]) -> list[np.ndarray]:
-        """`_synthesize` of rows of different lengths, padded and masked as upstream's batched
-        `SynthesizerTrn.decode`; each row's noise drawn as it alone would draw it."""
-        ge, ge_text = self.style_embedding(refer_spec, sv_emb)
-        dtype = self.quantizer.embed.dtype
-        text_mask = _row_mask([p.size for _, p in rows], dtype)
-        text = self.enc_p.encode_text(_padded_rows([mx.array(p) for _, p in rows]), text_mask)
-        frames = [2 * c.size for c, _ in rows]  # 25 Hz codes -> 50 Hz frames
-        y_mask = _row_mask(frames, dtype)
-        quantized = _padded_rows([mx.repeat(self.quantizer.embed[mx.array(c)], 2, axis=0) for c, _ in rows])
-        m_p, logs_p, y_mask, frames = self.enc_p.prior_rows(self.enc_p.encode_ssl(quantized, y_mask), y_mask,
-                                                            text, text_mask, ge_text, speed, frames)
-        if noise_scale:
-            noise = _padded_rows([mx.random.normal((1, n, m_p.shape[-1]),
-                                                   key=None if seed is None else mx.random.key(seed))[0]
-                                  for n, seed in zip(frames, seeds, strict=True)])
-            z_p = (m_p + noise * mx.exp(logs_p) * noise_scale) * y_mask
-        else:
-            z_p = m_p
+        if y_mask is not None:
+            z_p = z_p * y_mask
         z = self.flow.reverse(z_p, ge, y_mask)
-        audio = self.dec(z * y_mask, ge, y_mask)[..., 0]
-        mx.eval(audio)
-        per_frame = audio.shape[1] // y_mask.shape[1]
-        return [np.array(audio[i, :n * per_frame], dtype=np.float32) for i, n in enumerate(frames)]
+        audio = self.dec(z if y_mask is None else z * y_mask, ge, y_mask)[..., 0]
+        per_frame = audio.shape[1] // m_p.shape[1]
+        return [audio[i, :n * per_frame] for i, n in enumerate(frames)], latent
 
     def _check_inputs(self, codes, phones, speed: float) -> tuple[np.ndarray, np.ndarray]:
         codes = self._ids(codes, self.args.codebook_size, "semantic codes")
