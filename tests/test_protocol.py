@@ -441,3 +441,30 @@ def test_memory_report_and_text():
     record = json.loads(status.value[0].as_py())
     assert list(record)[-3:] == ["rss_mb", "mlx_peak_mb", "activity"]
     assert record["rss_mb"] == 300.5 and record["mlx_peak_mb"] is None and "mlx_peak_mb" not in status.metadata
+
+
+@pytest.mark.parametrize("samples", [np.linspace(-1, 1, 7, dtype=np.float32), np.zeros(0, np.float32),
+                                     np.arange(6, dtype=np.float64).reshape(2, 3)[:, ::2]])
+def test_arrays_built_from_buffers_equal_pa_array(samples):
+    flat = np.asarray(samples, np.float32).reshape(-1)
+    built = protocol.audio_array(samples)
+    built.validate(full=True)
+    assert built.equals(pa.array([flat], type=pa.list_(pa.float32())))
+    for text in ("", "completed", "说 «Привет» 🎵"):
+        built = protocol.string_array(text)
+        built.validate(full=True)
+        assert built.equals(pa.array([text])) and built.to_pylist() == [text]
+
+
+def test_messages_never_call_pa_array(monkeypatch):
+    """pa.array() of Python objects imports pandas wherever it is installed (0.3-0.7 s at the first
+    status): every output is built without it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("pa.array called")
+
+    monkeypatch.setattr(protocol.pa, "array", refuse)
+    fields = dict(voice="v", device="cpu", encoder_backend="mlx", streaming=False, queue_depth=0,
+                  last_rtf=None, requests=0, error=None)
+    messages = [protocol.audio_message(np.ones(4, np.float32), {}, 32000), protocol.segment_complete("completed", {}),
+                protocol.log_message("INFO", "x"), protocol.status_message("start", "ready", **fields)]
+    assert [m.output for m in messages] == ["audio", "segment_complete", "log", "status"]
