@@ -346,14 +346,15 @@ def prepare(config: Any) -> None:
 
     config: a NodeConfig; its `cpu_kernels` ("auto" or "off") switches the CPU kernels. Called before
     MLX is loaded, it also sizes MLX's CUDA convolution plan cache (MLX_CUDA_CONV_CACHE_SIZE; see
-    CUDA_CONV_CACHE_SIZE) and, for dtype float32, turns TF32 off (MLX_ENABLE_TF32=0): the two MLX
-    environment variables it may set. Threads: an
+    CUDA_CONV_CACHE_SIZE) and, off macOS, its CUDA graphs (MLX_MAX_MB_PER_BUFFER; see CUDA_GRAPH_MB),
+    and for dtype float32 turns TF32 off (MLX_ENABLE_TF32=0): the three MLX environment variables it
+    may set, each only where the user has not. Threads: an
     OPENBLAS_NUM_THREADS given in the environment is OpenBLAS's own setting, honoured by OpenBLAS
     and left alone; otherwise OpenBLAS gets the usable cores that are idle now, from a 0.1 s
     /proc/stat sample (on idle cores two threads decode 1.5x faster than one; with a core taken by
     another process, two ran 1.7x slower than one), then `adapt_blas_threads` follows the load.
     """
-    _size_cuda_conv_cache()
+    _cuda_settings()
     _float32_precision(getattr(config, "dtype", "auto"))
     _set_cpu_kernels(getattr(config, "cpu_kernels", "auto") != "off")
     api = _openblas_thread_api()
@@ -375,11 +376,23 @@ def prepare(config: Any) -> None:
 CUDA_CONV_CACHE_SIZE = "4096"
 
 
-def _size_cuda_conv_cache() -> None:
-    """MLX_CUDA_CONV_CACHE_SIZE (unless the user set it), while MLX is not loaded yet: prepare() runs
-    before anything imports mlx in the node and the CLI. Too late once MLX is loaded: then untouched."""
+# Inputs, in MB, that MLX's CUDA backend gathers into one CUDA graph before launching it (on an H100 its
+# default is 1,000 MB and 100 kernels; Metal's command buffers take 40-50 MB). A queued graph keeps every
+# buffer it reads until it has run: on an H100 a SoVITS pass of 250 frames peaked 658 MB above the loaded
+# models with the default, 378-421 MB with 50, and the bench text's real-time factor was 0.016-0.017
+# against 0.020-0.021 (one process each, docs/benchmarks.md). Linux only: on macOS MLX runs Metal, whose
+# own per-device setting is left alone.
+CUDA_GRAPH_MB = "50"
+
+
+def _cuda_settings() -> None:
+    """MLX_CUDA_CONV_CACHE_SIZE and, off macOS, MLX_MAX_MB_PER_BUFFER (unless the user set them), while
+    MLX is not loaded yet: prepare() runs before anything imports mlx in the node and the CLI. Too late
+    once MLX is loaded: then untouched."""
     if "mlx.core" not in sys.modules:
         os.environ.setdefault("MLX_CUDA_CONV_CACHE_SIZE", CUDA_CONV_CACHE_SIZE)
+        if sys.platform != "darwin":
+            os.environ.setdefault("MLX_MAX_MB_PER_BUFFER", CUDA_GRAPH_MB)
 
 
 def _float32_precision(dtype: str) -> None:

@@ -73,10 +73,10 @@ from dora_primespeech_mlx import runtime
 environ = dict(os.environ)
 runtime.prepare(types.SimpleNamespace(cpu_kernels=os.environ["KERNELS"]))
 library = __import__("sys").modules.get("dora_primespeech_mlx.cpu.library")
-# the one variable prepare may set, before MLX is loaded: MLX's CUDA convolution plan cache
-cache = os.environ.get("MLX_CUDA_CONV_CACHE_SIZE")
-environ_after = {k: v for k, v in os.environ.items() if k != "MLX_CUDA_CONV_CACHE_SIZE"}
-print(json.dumps({"environ_same": environ_after == environ, "cuda_conv_cache": cache,
+# the variables prepare may set, before MLX is loaded: MLX's CUDA convolution plan cache and graph size
+cache, graph_mb = os.environ.get("MLX_CUDA_CONV_CACHE_SIZE"), os.environ.get("MLX_MAX_MB_PER_BUFFER")
+environ_after = {k: v for k, v in os.environ.items() if k not in ("MLX_CUDA_CONV_CACHE_SIZE", "MLX_MAX_MB_PER_BUFFER")}
+print(json.dumps({"environ_same": environ_after == environ, "cuda_conv_cache": cache, "graph_mb": graph_mb,
                   "mlx_loaded": "mlx.core" in __import__("sys").modules, "threads": runtime.blas_thread_count(),
                   "cores": len(runtime.usable_cores()), "status": runtime.openblas_status(),
                   "kernels": None if library is None else library.enabled()}))
@@ -238,8 +238,10 @@ def test_an_openblas_built_for_avx512_alone_is_skipped_without_avx512(monkeypatc
 def test_prepare_sizes_the_cuda_convolution_plan_cache_before_mlx_loads():
     seen = _run(_PREPARE, KERNELS="auto", OPENBLAS_NUM_THREADS="1")
     assert not seen["mlx_loaded"] and seen["cuda_conv_cache"] == runtime.CUDA_CONV_CACHE_SIZE
-    own = _run(_PREPARE, KERNELS="auto", OPENBLAS_NUM_THREADS="1", MLX_CUDA_CONV_CACHE_SIZE="64")
-    assert own["cuda_conv_cache"] == "64"  # the user's own setting stays
+    assert seen["graph_mb"] == (None if sys.platform == "darwin" else runtime.CUDA_GRAPH_MB)
+    own = _run(_PREPARE, KERNELS="auto", OPENBLAS_NUM_THREADS="1", MLX_CUDA_CONV_CACHE_SIZE="64",
+               MLX_MAX_MB_PER_BUFFER="1000")
+    assert own["cuda_conv_cache"] == "64" and own["graph_mb"] == "1000"  # the user's own settings stay
 
 
 def test_prepare_turns_tf32_off_for_float32_only(monkeypatch):
@@ -259,5 +261,6 @@ def test_prepare_leaves_the_plan_cache_alone_once_mlx_is_loaded(monkeypatch):
 
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(runtime.blas_thread_count() or 1))
     monkeypatch.delenv("MLX_CUDA_CONV_CACHE_SIZE", raising=False)
+    monkeypatch.delenv("MLX_MAX_MB_PER_BUFFER", raising=False)
     runtime.prepare(SimpleNamespace(cpu_kernels="auto"))
-    assert "MLX_CUDA_CONV_CACHE_SIZE" not in os.environ
+    assert "MLX_CUDA_CONV_CACHE_SIZE" not in os.environ and "MLX_MAX_MB_PER_BUFFER" not in os.environ
