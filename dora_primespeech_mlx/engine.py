@@ -39,12 +39,12 @@ SAMPLE_RATE = 32000
 MAX_SAMPLE = 32767 / 32768  # the largest value that survives upstream's int16(x * 32768)
 CANCEL_POLL_CODES = 25  # T2S steps (1 s of audio) between cancellation polls inside a batch
 MAX_BATCH_ROWS = 16  # segments decoded together at most (bounds the key/value cache: ~0.1 MB per row and position)
-# SoVITS on a GPU decodes a T2S batch's segments together: a decode there costs about the same whatever
-# its length (H100: 15-24 ms for 2 s of audio, 20-27 ms for 5 s: per call, not per sample). A pass holds
-# at most this many 50 Hz frames (rows x the longest), no more than one 10 s segment decoded alone: the
-# vocoder's activations grow with the frames. On the CPU the cost grows with the padded length: one
-# segment per pass.
-SOVITS_BATCH_FRAMES = 500
+# SoVITS on a GPU decodes a T2S batch's segments together: a pass costs far less than its rows one by
+# one (H100, 12 segments of ~2 s: 0.09-0.15 s in passes of 250-500 frames against 0.21-0.39 s one by
+# one). A pass holds at most this many 50 Hz frames (rows x the longest); the vocoder's activations grow
+# with them (H100: ~0.4 GB above the loaded models for 250 frames, 1.0-1.35 GB for 500), and a longer
+# segment is decoded alone. On the CPU the cost grows with the padded length: one segment per pass.
+SOVITS_BATCH_FRAMES = 250
 
 
 @dataclass
