@@ -21,8 +21,8 @@ BENCHMARKS = ("t2s", "sovits", "encoders", "frontend", "e2e", "effects")
 ORACLE_MODULES = ("torch", "GPT_SoVITS")
 
 # The CLI imports the benchmark modules (and through them MLX) while it builds its parser, before it
-# calls runtime.prepare: size MLX's CUDA convolution plan cache now, as prepare would have.
-runtime._size_cuda_conv_cache()
+# calls runtime.prepare: set MLX's CUDA convolution plan cache and graph size now, as prepare would have.
+runtime._cuda_settings()
 
 
 def oracle_missing() -> str | None:
