@@ -24,6 +24,7 @@ import numpy as np
 from mlx.utils import tree_unflatten
 
 from ..models.hifigan import LRELU_SLOPE, Generator, ResBlock1
+from ..models.sovits import padded_rows
 from ..models.vits_conv import ConvTranspose1d
 from . import ops
 from .ops import PackedConv, PackedTransposed, Scratch
@@ -131,9 +132,7 @@ class NativeGenerator(nn.Module):
         mx.eval(x)
         with self._lock:
             rows = [self._row(np.array(row[:n])) for row, n in zip(np.array(x, copy=False), lengths, strict=True)]
-        longest = max(r.shape[0] for r in rows)
-        return mx.stack([r if r.shape[0] == longest else mx.pad(r, [(0, longest - r.shape[0]), (0, 0)])
-                         for r in rows])
+        return padded_rows(rows)
 
     def _row(self, h: np.ndarray) -> mx.array:
         if h.shape[1] != self.in_width:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .vits_attention import MultiHeadAttention
+from .vits_attention import MultiHeadAttention, attention_key_mask
 from .vits_conv import Conv1d
 
 
@@ -30,6 +30,6 @@ class MRTE(nn.Module):
             return self.c_post(self.cross_attention(ssl_enc, self.text_pre(text)) + ssl_enc + ge)
         ssl_enc = self.c_pre(ssl * ssl_mask)
         text_enc = self.text_pre(text * text_mask)
-        key_mask = (text_mask[..., 0] > 0)[:, None, None, :]
+        key_mask = attention_key_mask(text_mask)
         x = self.cross_attention(ssl_enc * ssl_mask, text_enc * text_mask, key_mask) + ssl_enc + ge
         return self.c_post(x * ssl_mask)

@@ -168,7 +168,7 @@ class TextEncoder(nn.Module):
         y = self.encoder2(self.mrte(y, text, ge, y_mask, text_mask) * y_mask, y_mask)
         if speed != 1:
             stretched = [int(n / speed) + 1 for n in frames]
-            y = _padded_rows([_interpolate_linear(y[i:i + 1, :n], m)[0]
+            y = padded_rows([_interpolate_linear(y[i:i + 1, :n], m)[0]
                               for i, (n, m) in enumerate(zip(frames, stretched, strict=True))])
             frames, y_mask = stretched, _row_mask(stretched, y_mask.dtype)
         stats = self.proj(y) * y_mask
@@ -181,7 +181,7 @@ def _row_mask(lengths: list[int], dtype=mx.float32) -> mx.array:
     return mx.array(valid[..., None]).astype(dtype)
 
 
-def _padded_rows(rows: list[mx.array]) -> mx.array:
+def padded_rows(rows: list[mx.array]) -> mx.array:
     """Rows [T_i, ...] zero-padded at the end to the longest and stacked: [B, max T_i, ...]."""
     longest = max(r.shape[0] for r in rows)
     return mx.stack([mx.pad(r, [(0, longest - r.shape[0])] + [(0, 0)] * (r.ndim - 1)) for r in rows])
@@ -398,17 +398,17 @@ class Model(nn.Module):
         else:
             dtype = self.quantizer.embed.dtype
             text_mask = _row_mask([p.size for p in phones], dtype)
-            text = self.enc_p.encode_text(_padded_rows(phones), text_mask)
+            text = self.enc_p.encode_text(padded_rows(phones), text_mask)
             frames = [q.shape[0] for q in quantized]
             y_mask = _row_mask(frames, dtype)
             m_p, logs_p, y_mask, frames = self.enc_p.prior_rows(
-                self.enc_p.encode_ssl(_padded_rows(quantized), y_mask), y_mask, text, text_mask, ge_text, speed,
+                self.enc_p.encode_ssl(padded_rows(quantized), y_mask), y_mask, text, text_mask, ge_text, speed,
                 frames)
             latent = None
         if noise_scale:
             noise = [mx.random.normal((1, n, m_p.shape[-1]), key=None if seed is None else mx.random.key(seed))
                      for n, seed in zip(frames, seeds, strict=True)]
-            z_p = m_p + (noise[0] if y_mask is None else _padded_rows([n[0] for n in noise])) \
+            z_p = m_p + (noise[0] if y_mask is None else padded_rows([n[0] for n in noise])) \
                 * mx.exp(logs_p) * noise_scale
         else:
             z_p = m_p

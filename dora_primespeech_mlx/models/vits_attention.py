@@ -37,6 +37,11 @@ def _relative_index(length: int, window: int) -> tuple[mx.array, mx.array]:
     return mx.clip(offset + window, 0, 2 * window), inside
 
 
+def attention_key_mask(mask: mx.array) -> mx.array:
+    """A frame mask [B, T, 1] as the boolean key mask [B, 1, 1, T] that `MultiHeadAttention` takes."""
+    return (mask[..., 0] > 0)[:, None, None, :]
+
+
 class MultiHeadAttention(nn.Module):
     """VITS attention with 1x1 conv projections; optional shared relative-position embeddings
     (window `window_size`) for self-attention."""
@@ -120,7 +125,7 @@ class Encoder(nn.Module):
         """x [B, T, C]; mask [B, T, 1] or None (see the module docstring)."""
         key_mask = None
         if mask is not None:
-            key_mask = (mask[..., 0] > 0)[:, None, None, :]
+            key_mask = attention_key_mask(mask)
             x = x * mask
         for attn, norm1, ffn, norm2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers,
                                            self.norm_layers_2, strict=True):
