@@ -57,9 +57,11 @@ def test_with_the_oracle_installed_there_is_no_note():
 
 def test_bench_t2s_without_the_oracle_times_ours_only(no_oracle, capsys):
     result, err = run_bench(capsys, "t2s", "--layers", "1", "--steps", "4", "--phones", "8", "--prompt", "4",
-                            "--repeat", "1")
+                            "--repeat", "1", "--rows", "1,2")
     assert result["note"].startswith("ours only") and "warning: ours only" in err
     assert result["codes"] == 4 and result["ours_tokens_per_s"] > 0 and len(result["ours_times_s"]) == 1
+    assert set(result["ours_rows_tokens_per_s"]) == set(result["ours_rows_peak_memory_mb"]) == {"1", "2"}
+    assert 0 < result["ours_rows_peak_memory_mb"]["1"] <= result["ours_rows_peak_memory_mb"]["2"]
     assert not [key for key in result if key.startswith("upstream") or key == "ratio"]
 
 

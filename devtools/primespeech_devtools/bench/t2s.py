@@ -252,6 +252,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     times: dict[str, list[float]] = {"ours": [], "upstream": []}
     codes: dict[str, list[int]] = {}
     batched: dict[int, float] = {}
+    batched_peak: dict[int, int] = {}
     with tempfile.TemporaryDirectory(prefix="bench-t2s-") as tmp:
         folder = Path(tmp)
         if note is None:
@@ -278,8 +279,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for n in batches:  # ours alone: one warm-up (new shapes compile), then the median
                 _progress(f"ours with {n} rows")
                 ours(n)
+                mx.reset_peak_memory()
                 runs = [ours(n) for _ in range(args.repeat)]
                 batched[n] = n * args.steps / statistics.median(t for t, _ in runs)
+                batched_peak[n] = mx.get_peak_memory()
                 if not all(len(c) == args.steps for c in runs[-1][1]):
                     raise RuntimeError(f"a row of the {n}-row batch stopped early")
             primitives = decode_primitives(ours.model)
@@ -308,6 +311,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if batched:
         result["ours_rows_tokens_per_s"] = {"1": round(rate["ours"], 1)} | {
             str(n): round(r, 1) for n, r in batched.items()}
+        result["ours_rows_peak_memory_mb"] = {"1": round(peak / 2**20, 1)} | {
+            str(n): round(p / 2**20, 1) for n, p in batched_peak.items()}
     result.update({
         "codes": len(codes["ours"]),
         "ours": f"mlx {mx.__version__}, {mx.default_device()}, {dtype}"
