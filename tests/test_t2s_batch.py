@@ -121,32 +121,6 @@ def test_sampled_rows_equal_one_row_at_a_time(request, decoding):
     assert len({tuple(c) for c in alone}) == 3
 
 
-def test_large_caches_are_not_pipelined_and_decode_the_same(t2s_small_mlx, monkeypatch):
-    """Above PIPELINE_MAX_CACHE_BYTES step n + 1 is queued only after step n is read back (one copy of
-    the cache, not two); the codes do not depend on it."""
-    from dora_primespeech_mlx.models import generate as gen
-
-    _, model, _ = t2s_small_mlx
-    rows, prompt = oracle.random_rows((25, 31, 18), 20, seed=4)
-    kw = dict(top_k=5, top_p=0.9, temperature=0.8, repetition_penalty=1.35, max_tokens=40)
-    queued = []
-    real = gen.mx.async_eval
-    monkeypatch.setattr(gen.mx, "async_eval", lambda *a: (queued.append(len(a)), real(*a)))
-    pipelined = generate(model, rows, prompt, seeds=[10, 11, 12], **kw)
-    assert len(queued) == 40  # the first code, then each later step queued ahead
-    cache = model.make_cache()
-    model.prefill(prefill_input(model, [(mx.array(p.astype(np.int32)), mx.array(b)) for p, b in rows[:1]],
-                                prompt)[0], 25, cache)
-    size = sum(a.nbytes for a in cache.state)
-    assert gen.pipelined(cache)
-    monkeypatch.setattr(gen, "PIPELINE_MAX_CACHE_BYTES", size - 1)
-    assert not gen.pipelined(cache)
-    queued.clear()
-    assert generate(model, rows, prompt, seeds=[10, 11, 12], **kw) == pipelined
-    assert len(queued) == 1
-    assert gen.pipelined(object())  # a native twin's session: its own buffers
-
-
 def test_poll_abandons_the_batch_and_arguments_are_checked(t2s_small):
     _, model, _ = t2s_small
     rows, prompt = oracle.random_rows((10, 12), 8, seed=11)

@@ -53,22 +53,6 @@ def upstream_kept_codes(codes: list[int], *, has_prompt: bool, early_stop_num: i
     return list(codes)
 
 
-# Queuing step n + 1 while step n runs keeps the host's work off the GPU's critical path, but costs
-# a copy of the whole key/value cache: a step updates the cache in place only when nothing else holds
-# it, and the previous step's kernels hold it until they have run (MLX's CUDA and Metal backends both
-# keep a queued graph's inputs alive), so step n + 1 writes a new copy while step n's is still read.
-# A one-row cache is a few MB and the overlap is worth it; a batch's can be hundreds of MB.
-PIPELINE_MAX_CACHE_BYTES = 64 * 2**20
-
-
-def pipelined(cache) -> bool:
-    """Whether the next step is queued before this one is read back: while one more copy of the
-    cache (all layers) stays under PIPELINE_MAX_CACHE_BYTES. Always for a cache that is not the MLX
-    model's (a native twin's session holds its own buffers)."""
-    state = getattr(cache, "state", None)
-    return state is None or sum(a.nbytes for a in state) <= PIPELINE_MAX_CACHE_BYTES
-
-
 def _check_text(model: Model, phones, bert) -> tuple[mx.array, mx.array]:
     args = model.args
     phones = np.asarray(phones, dtype=np.int64).reshape(-1)
@@ -172,13 +156,11 @@ def generate_step(model: Model, rows: Sequence[tuple[object, object]], prompt=No
     tokens, stops, seen, keys = _compiled(token_step)(logits, seen, row_keys(seeds), blocked)
     mx.async_eval(tokens, stops)
     for idx in range(last + 1):
-        # build step idx + 1 (all current rows) before reading step idx back; queue it first too
-        # unless the cache is too large to have two steps in flight
+        # queue step idx + 1 (all current rows) before reading step idx back
         nxt = None
         if idx < last:
             nxt = advance(tokens, n_prompt + idx, seen, keys, blocked if idx + 1 < EOS_BLOCKED_STEPS else free)
-            if pipelined(cache):
-                mx.async_eval(nxt[0], nxt[1])
+            mx.async_eval(nxt[0], nxt[1])
         codes, stopped = tokens.tolist(), stops.tolist()
         keep = [pos for pos in range(len(live)) if not stopped[pos]]
         if keep:
