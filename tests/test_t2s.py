@@ -129,6 +129,30 @@ def test_uncached_logits_match_upstream(t2s_small_mlx):
         assert rel_err(logits[i], u) < REL_TOL, f"step {i}: REL {rel_err(logits[i], u):.2e}"
 
 
+def test_prefill_runs_layer_by_layer_with_the_same_logits_and_cache(t2s_small_mlx, monkeypatch):
+    """The MLX prefill evaluates each layer (and its cache) before building the next, so that a batch's
+    activations are not all alive at once on a GPU; the result is the one-graph forward's."""
+    _, model, _ = t2s_small_mlx
+    rows, prompt = oracle.random_rows((30, 22), 40, seed=5)
+    from dora_primespeech_mlx.models.generate import prefill_input
+
+    x, pads = prefill_input(model, [(mx.array(p.astype(np.int32)), mx.array(b)) for p, b in rows], prompt)
+    n_text = x.shape[1] - len(prompt)
+    whole = model.make_cache(pads)
+    expected = model(x, t2s.prefill_mask(n_text, len(prompt), whole.left_padding), whole, last_only=True)
+    mx.eval(expected, whole.state)
+    evals = []
+    real_eval = mx.eval
+    monkeypatch.setattr(mx, "eval", lambda *a: (evals.append(len(a)), real_eval(*a))[1])
+    cache = model.make_cache(pads)
+    logits = model.prefill(x, n_text, cache)
+    assert len(evals) == len(model.layers)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(np.array(logits), np.array(expected))
+    for ours, ref in zip(cache.state, whole.state, strict=True):
+        np.testing.assert_array_equal(np.array(ours), np.array(ref))
+
+
 @pytest.mark.parametrize("decoding", DECODING)
 def test_greedy_with_repetition_penalty_matches_upstream(request, decoding):
     ref, model, _ = _model(request, "small", decoding)
