@@ -107,3 +107,19 @@ def test_effects_bench_times_pitch_and_volume():
     result = effects.run(argparse.Namespace(seconds=1.0, semitones=2.0, repeats=1))
     assert result["pitch_shift_ms_per_audio_second"] > 0 and result["volume_ms_per_audio_second"] > 0
     assert result["semitones"] == 2.0
+
+
+def test_bench_e2e_reports_each_stages_memory_and_restores_the_engine():
+    from dora_primespeech_mlx import pipeline
+    from dora_primespeech_mlx.models import generate, sovits, t2s
+    from primespeech_devtools.bench import e2e
+    from primespeech_devtools.oracle.voice import shared_test_voice
+
+    originals = (pipeline.TextPipeline.bert_many, t2s.Model.prefill, generate.generate, sovits.Model.decode_batch)
+    result = e2e._ours(shared_test_voice().model_root, "test", "你好，今天天气很好。我们去公园散步吧。", 1)
+    stages = result["stage_peak_memory_mb"]
+    assert {"bert", "t2s", "sovits"} <= set(stages) and stages["sovits"] > 0, stages
+    assert all(value >= 0 for value in stages.values())
+    assert result["peak_memory_mb"] >= result["loaded_memory_mb"] > 0
+    assert (pipeline.TextPipeline.bert_many, t2s.Model.prefill, generate.generate,
+            sovits.Model.decode_batch) == originals

@@ -98,12 +98,53 @@ def _ours(root: Path, voice_name: str, text: str, repeats: int, device: str = "a
         next(stream)
         firsts.append(time.perf_counter() - started)
         stream.close()
+    peak = mx.get_peak_memory()  # one voice loaded, requests running (before the stages reset it)
     return {"load_and_warmup_seconds": round(load, 3), "rtf": round(statistics.median(rtfs), 4),
             "rtf_runs": [round(r, 4) for r in rtfs], "rtf_by_stage": stages,
             "first_audio_seconds": round(statistics.median(firsts), 3),
             "first_audio_runs": [round(f, 3) for f in firsts], "audio_seconds": round(audio_seconds, 2),
             "loaded_memory_mb": round(loaded / 2**20, 1), "load_peak_memory_mb": round(load_peak / 2**20, 1),
-            "peak_memory_mb": round(mx.get_peak_memory() / 2**20, 1)}  # one voice loaded, requests running
+            "peak_memory_mb": round(peak / 2**20, 1),
+            "stage_peak_memory_mb": _stage_memory(engine, voice, text)}
+
+
+def _stage_memory(engine, voice, text: str) -> dict[str, float]:
+    """One more request with MLX's peak memory taken around each stage: MB above what was active
+    when the stage began, the largest over its calls. Stages: the BERT features, the T2S prefill (the
+    MLX model's; a native twin's is not seen), the whole T2S generation (prefill included) and each
+    SoVITS pass. Synchronizing around the stages changes the timing, so this request is not timed."""
+    import mlx.core as mx
+
+    from dora_primespeech_mlx import pipeline
+    from dora_primespeech_mlx.engine import SynthesisOptions
+    from dora_primespeech_mlx.models import generate, sovits, t2s
+
+    peaks: dict[str, float] = {}
+
+    def measured(label, real):
+        def call(*args, **kwargs):
+            mx.synchronize()
+            before = mx.get_active_memory()
+            mx.reset_peak_memory()
+            out = real(*args, **kwargs)
+            if isinstance(out, mx.array):
+                mx.eval(out)
+            mx.synchronize()
+            peaks[label] = max(peaks.get(label, 0.0), round((mx.get_peak_memory() - before) / 2**20, 1))
+            return out
+        return call
+
+    targets = [(pipeline.TextPipeline, "bert_many", "bert"), (t2s.Model, "prefill", "prefill"),
+               (generate, "generate", "t2s"), (sovits.Model, "decode_batch", "sovits")]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+    try:
+        for (owner, name, label), (_, _, real) in zip(targets, saved, strict=True):
+            setattr(owner, name, measured(label, real))
+        engine.synthesize(text, voice, SynthesisOptions(text_lang="zh", seed=233333))
+    finally:
+        for owner, name, real in saved:
+            setattr(owner, name, real)
+    return peaks
 
 
 def _oracle(files, text: str) -> dict:
