@@ -42,8 +42,10 @@ MAX_BATCH_ROWS = 16  # segments decoded together at most (bounds the key/value c
 # SoVITS on a GPU decodes a T2S batch's segments together: a pass costs far less than its rows one by
 # one (H100, 12 segments of ~2 s: 0.09-0.15 s in passes of 250-500 frames against 0.21-0.39 s one by
 # one). A pass holds at most this many 50 Hz frames (rows x the longest); the vocoder's activations grow
-# with them (H100: ~0.4 GB above the loaded models for 250 frames, 1.0-1.35 GB for 500), and a longer
-# segment is decoded alone. On the CPU the cost grows with the padded length: one segment per pass.
+# with them (H100: ~0.4 GB above the loaded models for 250 frames, 1.0-1.35 GB for 500), so a longer
+# segment is decoded alone, its vocoder window by window within the same bound. On the CPU the cost
+# grows with the padded length: one segment per pass, and the native vocoder, which works in place
+# (resident memory +10 MB a second of audio from 5 to 20 s, 2-core x86), needs no windows.
 SOVITS_BATCH_FRAMES = 250
 
 
@@ -282,7 +284,8 @@ class Synthesizer:
                 audios = models.sovits.decode_batch(
                     [(kept[i - group.start], segments[i].phones) for i in part], prompt.refer_spec,
                     sv_emb=prompt.sv_emb, noise_scale=options.noise_scale, speed=speed,
-                    seeds=[seeds[i - group.start] for i in part])
+                    seeds=[seeds[i - group.start] for i in part],
+                    vocoder_frames=None if self.device == "cpu" else SOVITS_BATCH_FRAMES)
                 sovits_seconds = (time.perf_counter() - t3) / len(part)
                 for index, audio in zip(part, audios, strict=True):
                     segment = segments[index]

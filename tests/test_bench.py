@@ -67,6 +67,15 @@ def test_bench_t2s_without_the_oracle_times_ours_only(no_oracle, capsys):
     assert not [key for key in result if key.startswith("upstream") or key == "ratio"]
 
 
+def test_bench_sovits_without_the_oracle_times_ours_in_vocoder_windows(no_oracle, capsys):
+    result, err = run_bench(capsys, "sovits", "--codes", "40", "--phones", "10", "--ref-frames", "50",
+                            "--repeats", "1", "--rows", "2", "--vocoder-frames", "30")
+    assert result["note"].startswith("ours only") and "warning: ours only" in err
+    assert result["rows"] == 2 and result["vocoder_frames"] == 30 and result["audio_seconds"] == 2 * 40 * 1280 / 32000
+    assert result["ours_rtf"] > 0 and len(result["ours_seconds"]) == 1
+    assert not [key for key in result if key.startswith("upstream") or key.startswith("ratio")]
+
+
 def test_bench_frontend_without_the_oracle_times_ours_only(no_oracle, capsys):
     result, _ = run_bench(capsys, "frontend", "--langs", "en", "--reps", "1")
     assert result["note"].startswith("ours only")

@@ -363,28 +363,34 @@ def test_long_text_without_punctuation_fits_bert(engine):
 
 def test_sovits_passes_batch_segments_on_a_gpu(engine, short_t2s, monkeypatch):
     """On a GPU a T2S batch's segments go through SoVITS together (up to SOVITS_BATCH_FRAMES padded
-    frames a pass), on the CPU one by one; the audio is the same either way (decode_batch is exact)."""
+    frames a pass, the vocoder of a longer one window by window within it), on the CPU one by one
+    (no windows); the audio is the same either way (decode_batch is exact)."""
     from dora_primespeech_mlx import engine as engine_module
     from dora_primespeech_mlx.models.sovits import Model
 
     voice = engine.registry.get("test")
     passes = []
     real = Model.decode_batch
-    monkeypatch.setattr(Model, "decode_batch", lambda self, rows, *a, **k: passes.append(len(rows))
-                        or real(self, rows, *a, **k))
+    monkeypatch.setattr(Model, "decode_batch", lambda self, rows, *a, **k: passes.append(
+        (len(rows), k["vocoder_frames"])) or real(self, rows, *a, **k))
     options = SynthesisOptions(text_lang="zh", seed=5)
     on_cpu = engine.synthesize(THREE_SEGMENTS, voice, options)
-    assert passes == [1, 1, 1]
+    assert passes == [(1, None)] * 3
     passes.clear()
     monkeypatch.setattr(engine, "device", "gpu")
     on_gpu = engine.synthesize(THREE_SEGMENTS, voice, options)
-    assert passes == [3]
+    assert passes == [(3, engine_module.SOVITS_BATCH_FRAMES)]
     assert on_gpu.audio.shape == on_cpu.audio.shape
     assert np.abs(on_gpu.audio - on_cpu.audio).max() <= 1e-5
     passes.clear()
     monkeypatch.setattr(engine_module, "SOVITS_BATCH_FRAMES", 2 * 12 * 2)  # room for two 12-code rows a pass
     engine.synthesize(THREE_SEGMENTS, voice, options)
-    assert passes == [2, 1]
+    assert passes == [(2, 48), (1, 48)]
+    passes.clear()
+    monkeypatch.setattr(engine_module, "SOVITS_BATCH_FRAMES", 9)  # every segment alone, in windows
+    windowed = engine.synthesize(THREE_SEGMENTS, voice, options)
+    assert passes == [(1, 9)] * 3
+    assert np.abs(windowed.audio - on_cpu.audio).max() <= 1e-5
 
 
 def test_hubert_is_not_kept_loaded(engine, short_t2s, tmp_path, caplog):

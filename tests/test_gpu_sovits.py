@@ -49,15 +49,17 @@ def test_gpu_decode_against_upstream_float32(case, dtype, tf32_bound):
     assert error < (1e-4 if dtype == "float32" and TF32_OFF else tf32_bound), error
 
 
+@pytest.mark.parametrize("vocoder_frames", [None, 150], ids=["one-pass", "vocoder-windows"])
 @pytest.mark.parametrize("dtype,tf32_bound", [("float32", 3e-3), ("float16", 3e-3)])
-def test_gpu_decode_batch_rows_against_upstream_float32(case, dtype, tf32_bound):
-    """Rows of different lengths in one pass (the engine's SoVITS passes on a GPU): the row that is the
-    case's input decodes as upstream's decode of it alone, within the same bounds."""
+def test_gpu_decode_batch_rows_against_upstream_float32(case, dtype, tf32_bound, vocoder_frames):
+    """Rows of different lengths in one pass (the engine's SoVITS passes on a GPU), the vocoder in one
+    go or in windows of 50 frames (3 rows x 250 frames, vocoder_frames 150): the row that is the case's
+    input decodes as upstream's decode of it alone, within the same bounds."""
     path, codes, phones, spec, ref = case
     rng = np.random.default_rng(1)
     rows = [(rng.integers(0, 1024, size=40), phones[:20]), (codes, phones), (codes[:7], phones[:9])]
     model = loading.load_model("sovits", path, dtype=dtype)
-    out = model.decode_batch(rows, spec, noise_scale=0.0)
+    out = model.decode_batch(rows, spec, noise_scale=0.0, vocoder_frames=vocoder_frames)
     assert [o.shape[0] for o in out] == [40 * 1280, ref.shape[0], 7 * 1280] and np.isfinite(out[1]).all()
     error = float(np.abs(out[1] - ref).max())
     assert error < (1e-4 if dtype == "float32" and TF32_OFF else tf32_bound), error

@@ -352,3 +352,74 @@ def test_bad_batches(models):
         model.decode_batch(rows, spec, seeds=[1])
     with pytest.raises(PrimeSpeechError, match="no semantic codes"):
         model.decode_batch([rows[0], (np.zeros(0, dtype=np.int64), rows[1][1])], spec)
+
+
+# -- the vocoder window by window (decode_batch's vocoder_frames) ---------------------------------------
+# Past vocoder_frames, the generator runs over windows with vocoder_reach frames of context on each side:
+# the samples must be one pass's (ROW_TOL: the same float32 arithmetic in other shapes), the reach must
+# cover the generator's real dependence, and the windows must bound the memory.
+
+
+@pytest.mark.parametrize("small", [True, False], ids=["small", "full"])
+def test_vocoder_reach_covers_the_generator(models, small):
+    import mlx.core as mx
+
+    _, model = models("v2", small=small, kernels=False)
+    rng = np.random.default_rng(4)
+    z = rng.standard_normal((1, 48, model.args.inter_channels)).astype(np.float32)
+    ge = mx.array(rng.standard_normal((1, 1, model.args.gin_channels)).astype(np.float32))
+    bumped = z.copy()
+    bumped[0, 24] += 1.0
+    hop = model.args.hop_length
+    a, b = (np.array(model.dec(mx.array(x), ge)[0, :, 0]).reshape(48, hop) for x in (z, bumped))
+    changed = np.flatnonzero(np.abs(a - b).max(axis=1) > 1e-6)
+    farthest = int(np.abs(changed - 24).max())
+    # covered, and not so loose that windows waste work: the sum of the layers' reaches rounds up by < 3
+    assert farthest <= model.vocoder_reach <= farthest + 3
+
+
+@pytest.mark.parametrize("kernels,small", [(False, True), (True, False)], ids=["mlx-small", "cpu-kernels-full"])
+def test_vocoder_windows_give_one_pass_samples(models, oracle, kernels, small):
+    net, model = models("v2", small=small, kernels=kernels)  # MLX's full-size generator is slow on a CPU
+    rows, spec = _rows(model, 9, sizes=[(23, 17), (9, 6), (1, 2)])  # 46, 18, 2 frames
+    whole = model.decode_batch(rows, spec, noise_scale=0.5, seeds=[1, 2, 3])
+    # 3 rows x 10 frames: windows of 10 frames, most of a row's frames are at a window's edge
+    windowed = model.decode_batch(rows, spec, noise_scale=0.5, seeds=[1, 2, 3], vocoder_frames=30)
+    for one, row in zip(whole, windowed, strict=True):
+        assert one.shape == row.shape
+        assert np.abs(one - row).max() <= ROW_TOL
+    codes, phones = rows[0]
+    (alone,) = model.decode_batch([rows[0]], spec, noise_scale=0.0, speed=1.25, vocoder_frames=7)
+    ref = oracle.upstream_decode(net, codes, phones, [spec], noise_scale=0.0, speed=1.25)
+    assert alone.shape == ref.shape and np.abs(alone - ref).max() <= WAVE_TOL
+    assert 0.02 < float(ref.std()) and float(np.abs(ref).max()) < 0.999
+
+
+def test_vocoder_windows_bound_the_memory(models):
+    import gc
+
+    import mlx.core as mx
+
+    _, model = models("v2", small=True, kernels=False)
+    rows, spec = _rows(model, 6, sizes=[(80, 20)])  # 160 frames
+
+    def peak(**kwargs):
+        model.decode_batch(rows, spec, seeds=[1], **kwargs)
+        gc.collect()
+        start = mx.get_active_memory()
+        mx.reset_peak_memory()
+        model.decode_batch(rows, spec, seeds=[1], **kwargs)
+        return mx.get_peak_memory() - start
+
+    one_pass, windows = peak(), peak(vocoder_frames=30)
+    # windows of 30 + 2 x 13 (the reach) frames instead of 160: about a third of the activations
+    assert 0 < windows < 0.5 * one_pass
+
+
+def test_bad_vocoder_frames(models):
+    _, model = models("v2", kernels=False)
+    rows, spec = _rows(model, 3, sizes=[(3, 3), (4, 2)])
+    for frames, match in [(0, "vocoder_frames must be a positive"), (1, "less than one frame per row"),
+                          (2.5, "vocoder_frames must be a positive")]:
+        with pytest.raises(PrimeSpeechError, match=match):
+            model.decode_batch(rows, spec, vocoder_frames=frames)

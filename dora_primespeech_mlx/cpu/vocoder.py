@@ -126,12 +126,14 @@ class NativeGenerator(nn.Module):
 
     def __call__(self, x: mx.array, g: mx.array, mask: mx.array | None = None) -> mx.array:
         """x [B, T, C], g [B, 1, gin] -> [B, T * prod(upsample_rates), 1], as `Generator`; rows of
-        different lengths (mask [B, T, 1]) each run on their own frames, their tails left zero."""
+        different lengths (mask [B, T, 1]) each run on their own frames, their tails left zero (a row
+        with none, past its end in a window of the vocoder, is all zero)."""
         x = self.conv_pre(x) + self.cond(g)
         lengths = [x.shape[1]] * x.shape[0] if mask is None else np.asarray(mask[..., 0].sum(axis=1)).astype(int)
         mx.eval(x)
         with self._lock:
-            rows = [self._row(np.array(row[:n])) for row, n in zip(np.array(x, copy=False), lengths, strict=True)]
+            rows = [self._row(np.array(row[:n])) if n else mx.zeros((0, 1))
+                    for row, n in zip(np.array(x, copy=False), lengths, strict=True)]
         return padded_rows(rows)
 
     def _row(self, h: np.ndarray) -> mx.array:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -9,6 +12,25 @@ from .vits_conv import Conv1d, ConvTranspose1d
 
 LRELU_SLOPE = 0.1
 POST_SLOPE = 0.01  # upstream's final F.leaky_relu(x) uses PyTorch's default slope, not LRELU_SLOPE
+
+
+def reach(resblock_kernel_sizes: list[int], resblock_dilation_sizes: list[list[int]], upsample_rates: list[int],
+          upsample_kernel_sizes: list[int]) -> int:
+    """Input frames on either side of a frame that its output samples depend on, rounded up: the
+    samples of frames [a, b) decoded from frames [a - reach, b + reach) alone are those of the whole
+    input (the zero padding at the window's edges is out of their reach). Summed over the layers, each
+    layer's one-sided reach in its own samples over its rate: conv_pre's 3, each transposed conv's
+    ceil(K / stride) inputs, the widest ResBlock (each pair: c1's (k - 1) / 2 * d, c2's (k - 1) / 2),
+    conv_post's 3."""
+    total = Fraction(3)
+    rate = 1
+    block = max((k - 1) // 2 * (sum(d) + len(d)) for k, d in zip(resblock_kernel_sizes, resblock_dilation_sizes,
+                                                                    strict=True))
+    for u, k in zip(upsample_rates, upsample_kernel_sizes, strict=True):
+        total += Fraction(-(-k // u), rate)
+        rate *= u
+        total += Fraction(block, rate)
+    return math.ceil(total + Fraction(3, rate))
 
 
 class ResBlock1(nn.Module):

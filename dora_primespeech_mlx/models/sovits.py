@@ -29,7 +29,7 @@ import numpy as np
 from ..errors import PrimeSpeechError
 from .base import BaseModelArgs
 from .flow import ResidualCouplingBlock
-from .hifigan import Generator
+from .hifigan import Generator, reach
 from .mrte import MRTE
 from .style_encoder import MelStyleEncoder
 from .vits_attention import Encoder
@@ -323,17 +323,28 @@ class Model(nn.Module):
                                  speed=speed, seeds=[seed])[0]
 
     def decode_batch(self, rows, refer_spec, *, sv_emb=None, noise_scale: float = 0.5, speed: float = 1.0,
-                     seeds=None) -> list[np.ndarray]:
+                     seeds=None, vocoder_frames: int | None = None) -> list[np.ndarray]:
         """`decode` of several rows `[(codes, phones), ...]` in one pass, in the same voice and at the
         same speed: one waveform per row, each what `decode` gives for it alone with its seed
-        (`seeds`, one per row or None), up to float rounding."""
+        (`seeds`, one per row or None), up to float rounding.
+
+        `vocoder_frames` bounds the vocoder's memory, which grows with rows x padded 50 Hz frames: past
+        it, the vocoder runs window by window (each rows x at most `vocoder_frames // rows` frames,
+        plus `vocoder_reach` frames of context on either side, evaluated before the next is built),
+        and the samples are the same as one pass's, up to float rounding."""
         rows = [self._check_inputs(codes, phones, speed) for codes, phones in rows]
         if not rows:
             return []
         seeds = [None] * len(rows) if seeds is None else list(seeds)
         if len(seeds) != len(rows):
             raise PrimeSpeechError(f"{len(seeds)} seeds for {len(rows)} rows: give one per row (or none)")
-        audios, _ = self._synthesize(rows, refer_spec, sv_emb, noise_scale, speed, seeds)
+        window = None
+        if vocoder_frames is not None:
+            window = self._count(vocoder_frames, "vocoder_frames") // len(rows)
+            if window < 1:
+                raise PrimeSpeechError(f"vocoder_frames {vocoder_frames} is less than one frame per row "
+                                       f"({len(rows)} rows)")
+        audios, _ = self._synthesize(rows, refer_spec, sv_emb, noise_scale, speed, seeds, window=window)
         mx.eval(audios)
         return [np.array(audio, dtype=np.float32) for audio in audios]
 
@@ -381,11 +392,13 @@ class Model(nn.Module):
         return np.array(audio, dtype=np.float32), latent, np.ones(latent.shape[1], dtype=np.float32)
 
     def _synthesize(self, rows: list[tuple[np.ndarray, np.ndarray]], refer_spec, sv_emb, noise_scale: float,
-                    speed: float, seeds: list[int | None], **prior_args) -> tuple[list[mx.array], mx.array | None]:
+                    speed: float, seeds: list[int | None], window: int | None = None,
+                    **prior_args) -> tuple[list[mx.array], mx.array | None]:
         """Lazy (each row's waveform [N_i], the latent [1, T, C] of a single row, else None) for
         `decode_batch` and `decode_streaming`. One row runs unpadded, without masks, and `prior_args` go
         to `TextEncoder.prior`; rows of different lengths are padded and masked as upstream's batched
-        `SynthesizerTrn.decode`. Each row's noise is drawn as it alone would draw it."""
+        `SynthesizerTrn.decode`. Each row's noise is drawn as it alone would draw it. `window`: the
+        vocoder's frames at a time (`_vocode`)."""
         ge, ge_text = self.style_embedding(refer_spec, sv_emb)
         phones = [mx.array(p) for _, p in rows]
         quantized = [mx.repeat(self.quantizer.embed[mx.array(c)], 2, axis=0) for c, _ in rows]  # 25 -> 50 Hz
@@ -415,9 +428,35 @@ class Model(nn.Module):
         if y_mask is not None:
             z_p = z_p * y_mask
         z = self.flow.reverse(z_p, ge, y_mask)
-        audio = self.dec(z if y_mask is None else z * y_mask, ge, y_mask)[..., 0]
+        audio = self._vocode(z if y_mask is None else z * y_mask, ge, y_mask, window)
         per_frame = audio.shape[1] // m_p.shape[1]
         return [audio[i, :n * per_frame] for i, n in enumerate(frames)], latent
+
+    @property
+    def vocoder_reach(self) -> int:
+        """Latent frames on either side that a frame's samples depend on (`hifigan.reach`)."""
+        a = self.args
+        return reach(a.resblock_kernel_sizes, a.resblock_dilation_sizes, a.upsample_rates, a.upsample_kernel_sizes)
+
+    def _vocode(self, z: mx.array, ge: mx.array, mask: mx.array | None, window: int | None) -> mx.array:
+        """The vocoder's samples [B, T * hop] of the latent z [B, T, C]; past `window` frames, window by
+        window with `vocoder_reach` frames of context on each side, each window evaluated before the
+        next is built so that only one window's activations are alive (on a GPU, whatever the host
+        has queued keeps its inputs until it has run)."""
+        frames = z.shape[1]
+        if window is None or frames <= window:
+            return self.dec(z, ge, mask)[..., 0]
+        margin = self.vocoder_reach
+        pieces = []
+        for start in range(0, frames, window):
+            stop = min(start + window, frames)
+            lo, hi = max(0, start - margin), min(frames, stop + margin)
+            piece = self.dec(z[:, lo:hi], ge, None if mask is None else mask[:, lo:hi])[..., 0]
+            hop = piece.shape[1] // (hi - lo)
+            piece = piece[:, (start - lo) * hop:(stop - lo) * hop]
+            mx.eval(piece)
+            pieces.append(piece)
+        return mx.concatenate(pieces, axis=1)
 
     def _check_inputs(self, codes, phones, speed: float) -> tuple[np.ndarray, np.ndarray]:
         codes = self._ids(codes, self.args.codebook_size, "semantic codes")

@@ -15,6 +15,8 @@ repeats.
 `--rows N`: N segments of `--codes` codes each (other random codes and phones per row), as the
 engine's SoVITS passes on a GPU: ours decodes them in one `decode_batch`, upstream one by one as its
 TTS flow does (its time for the N rows is N times its one-row time, measured on the first row).
+`--vocoder-frames F`: ours' vocoder in windows of F // N frames (`Model.decode_batch`), as the engine
+runs a pass on a GPU; the time and memory against one pass tell what the windows cost.
 """
 
 from __future__ import annotations
@@ -40,12 +42,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ref-frames", type=int, default=250, help="reference spectrogram frames (50 per s)")
     parser.add_argument("--repeats", type=int, default=5, help="timed decodes of each side (after a warm-up)")
     parser.add_argument("--rows", type=int, default=1, help="segments decoded together by ours (see above)")
+    parser.add_argument("--vocoder-frames", type=int, default=None,
+                        help="ours' vocoder in windows of at most this many rows x 50 Hz frames (the engine "
+                             "gives 250 on a GPU); default: one pass")
     parser.add_argument("--version", choices=("v1", "v2", "v2Pro", "v2ProPlus"), default="v2")
     parser.add_argument("--seed", type=int, default=0)
     add_device_arguments(parser)  # gpu: upstream on torch-CUDA (TF32 off); dtype auto = float32, as the engine's
 
 
-def _time_ours(model, rows, spec, sv, repeats: int) -> tuple[list[float], float]:
+def _time_ours(model, rows, spec, sv, repeats: int, vocoder_frames: int | None) -> tuple[list[float], float]:
     """(seconds of each timed decode of `rows` [(codes, phones)] in one pass (noise 0.5), after a
     warm-up and a pause; MLX's peak memory above the model's during the warm-up, MB)."""
     import mlx.core as mx
@@ -54,13 +59,15 @@ def _time_ours(model, rows, spec, sv, repeats: int) -> tuple[list[float], float]
     mx.synchronize()
     loaded = mx.get_active_memory()
     mx.reset_peak_memory()
-    model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds)  # warm-up
+    model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds,
+                           vocoder_frames=vocoder_frames)  # warm-up
     peak = (mx.get_peak_memory() - loaded) / 2**20
     time.sleep(1.0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds)
+        model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds,
+                           vocoder_frames=vocoder_frames)
         times.append(time.perf_counter() - start)
     return times, peak
 
@@ -98,13 +105,14 @@ def run(args: argparse.Namespace) -> dict:
             folder = random_model_folder("sovits", Path(tmp) / "sovits",
                                          {"version": args.version, "n_symbols": n_symbols}, seed=args.seed)
             model = loading.load_model("sovits", folder, dtype=dtype)
-        ours_times, peak = _time_ours(model, rows, spec, sv, args.repeats)
+        ours_times, peak = _time_ours(model, rows, spec, sv, args.repeats, args.vocoder_frames)
         seconds = args.rows * len(model.decode(codes, phones, spec, noise_scale=0.0)) / model.args.sampling_rate
         return {
             "note": note,
             "benchmark": "sovits decode",
             "version": args.version,
             "rows": args.rows,
+            "vocoder_frames": args.vocoder_frames,
             "codes": args.codes,
             "phones": args.phones,
             "audio_seconds": round(seconds, 3),
@@ -144,8 +152,8 @@ def run(args: argparse.Namespace) -> dict:
         model = loading.load_model("sovits", oracle.save_official(net, tmp / "bench.pth"), dtype=dtype)
         del net
 
-    ours_times, peak = _time_ours(model, rows, spec, sv, args.repeats)
-    check = model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.0)[0]
+    ours_times, peak = _time_ours(model, rows, spec, sv, args.repeats, args.vocoder_frames)
+    check = model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.0, vocoder_frames=args.vocoder_frames)[0]
     seconds = args.rows * len(reference) / model.args.sampling_rate
     up_times = [args.rows * t for t in upstream["seconds"]]  # one by one, as upstream's TTS flow decodes
     rtf_ours = statistics.median(ours_times) / seconds
@@ -154,6 +162,7 @@ def run(args: argparse.Namespace) -> dict:
         "benchmark": "sovits decode",
         "version": args.version,
         "rows": args.rows,
+        "vocoder_frames": args.vocoder_frames,
         "codes": args.codes,
         "phones": args.phones,
         "audio_seconds": round(seconds, 3),
