@@ -56,18 +56,20 @@ def _time_ours(model, rows, spec, sv, repeats: int, vocoder_frames: int | None) 
     import mlx.core as mx
 
     seeds = list(range(1, len(rows) + 1))
+
+    def decode():
+        model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds, vocoder_frames=vocoder_frames)
+
     mx.synchronize()
     loaded = mx.get_active_memory()
     mx.reset_peak_memory()
-    model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds,
-                           vocoder_frames=vocoder_frames)  # warm-up
+    decode()  # warm-up
     peak = (mx.get_peak_memory() - loaded) / 2**20
     time.sleep(1.0)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        model.decode_batch(rows, spec, sv_emb=sv, noise_scale=0.5, seeds=seeds,
-                           vocoder_frames=vocoder_frames)
+        decode()
         times.append(time.perf_counter() - start)
     return times, peak
 
